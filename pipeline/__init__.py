@@ -1,0 +1,1 @@
+"""Reproducible MNIST multilayer-perceptron pipeline: DVC stages tracked in MLflow."""

@@ -1,0 +1,103 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.config import ParamsError, load_params, parse_params
+
+from conftest import REPO_ROOT
+
+
+def default_raw():
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def with_value(dotted_key, value):
+    raw = default_raw()
+    *parents, last = dotted_key.split(".")
+    section = raw
+    for key in parents:
+        section = section[key]
+    section[last] = value
+    return raw
+
+
+def test_the_shipped_params_are_valid():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.data.test_size == 0.175
+    assert params.data.random_state == 0
+    assert params.data.subset == 0
+    assert params.train.max_epochs == 0
+    assert params.download.sources == ["url", "wheel", "file"]
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("data.subset", -5, "greater than or equal to 0"),
+        ("data.subset", 60_001, "less than or equal to 60000"),
+        ("data.subset", "100", "valid integer"),
+        ("data.subset", 2.5, "valid integer"),
+        ("data.test_size", 0, "greater than 0"),
+        ("data.test_size", 1.0, "less than 1"),
+        ("data.test_size", "0.2", "valid number"),
+        ("data.random_state", -1, "greater than or equal to 0"),
+        ("train.max_epochs", "abc", "valid integer"),
+        ("train.max_epochs", -1, "greater than or equal to 0"),
+        ("train.max_epochs", True, "valid integer"),
+        ("download.sources", ["url", "ftp"], "[1]: Input should be 'url', 'wheel' or 'file' (got 'ftp')"),
+        ("download.sources", [], "at least 1 item"),
+        ("download.url", "storage.example/mnist.npz", "should match pattern"),
+        ("download.timeout_seconds", 0, "greater than 0"),
+    ],
+)
+def test_an_invalid_value_is_named_with_what_is_allowed(key, value, allowed):
+    with pytest.raises(ParamsError) as caught:
+        parse_params(with_value(key, value))
+    message = str(caught.value)
+    assert f"  {key}" in message
+    assert allowed in message
+    assert repr(value if not isinstance(value, list) or not value else value[-1]) in message
+
+
+@pytest.mark.parametrize("key", ["data.subsett", "trainning", "download.mirror"])
+def test_an_unknown_key_is_named(key):
+    with pytest.raises(ParamsError, match=f"{key}: unknown key"):
+        parse_params(with_value(key, 1))
+
+
+def test_a_missing_section_is_named():
+    raw = default_raw()
+    del raw["train"]
+    with pytest.raises(ParamsError, match="train: Field required"):
+        parse_params(raw)
+
+
+def test_every_bad_key_is_reported_at_once():
+    raw = with_value("data.subset", -1)
+    raw["train"]["max_epochs"] = "x"
+    message = str(pytest.raises(ParamsError, parse_params, raw).value)
+    assert "data.subset" in message and "train.max_epochs" in message
+
+
+def test_unreadable_params_files_are_reported(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("data: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess"])
+def test_a_stage_stops_before_any_work_on_bad_params(stage, tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("data.subset", -5)))
+    result = subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}"],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "data.subset: Input should be greater than or equal to 0 (got -5)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
