@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 # Stages run from the repository root (as DVC runs them), so paths are relative to it.
 PARAMS_FILE = Path("params.yaml")
 RAW_NPZ = Path("data/raw/mnist.npz")
 RAW_INFO = Path("data/raw/mnist.json")
 PROCESSED_DIR = Path("data/processed")
+MODELS_DIR = Path("models")
+TRAIN_REPORTS_DIR = Path("reports/train")
+HISTORY_DIR = Path("reports/history")
+REPORTS_DIR = Path("reports")
 
 MNIST_TRAIN_SIZE = 60_000
 
@@ -25,7 +29,7 @@ DataSource = Literal["url", "wheel", "file"]
 
 class _Section(BaseModel):
     # strict: no silent coercion ("3" is not 3, true is not 1); forbid: a typo is an error.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, regex_engine="python-re")
 
 
 class DownloadParams(_Section):
@@ -41,14 +45,77 @@ class DataParams(_Section):
     random_state: int = Field(ge=0)
 
 
-class TrainParams(_Section):
-    max_epochs: int = Field(ge=0)
+Activation = Literal["relu", "elu", "gelu", "tanh", "sigmoid"]
+OutputInitializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
+Initializer = Literal["random_normal"] | OutputInitializer  # random_normal takes init_stddev
+Optimizer = Literal["adam", "sgd", "rmsprop"]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+# Variant names become DVC stage names (train@NAME), param paths (variants.NAME) and
+# MLflow aliases (models:/mnist-mlp@NAME): no dots, no spaces, not an alias MLflow reserves.
+VariantName = Annotated[str, StringConstraints(pattern=r"^(?!v\d+$|latest$|champion$)[a-z][a-z0-9-]{0,62}$")]
+
+
+class FitSettings(_Section):
+    """The settings `train` sets for every variant and a variant may override."""
+
+    batch_norm: bool
+    dropout: float = Field(ge=0, lt=1)
+    activation: Activation
+    initializer: Initializer  # of the hidden layers' kernels
+    # random_normal only: stddev of the first hidden layer, then of every later hidden layer
+    init_stddev: list[PositiveFloat] | None = Field(min_length=2, max_length=2)
+    output_initializer: OutputInitializer
+    optimizer: Optimizer
+    learning_rate: PositiveFloat
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    seed: int = Field(ge=0)
+
+
+class TrainParams(FitSettings):
+    max_epochs: int = Field(ge=0)  # caps every variant's epochs; 0 = no cap
+
+
+class VariantSpec(FitSettings):
+    """One fully resolved configuration: `train`'s settings with the variant's overrides."""
+
+    hidden_layers: list[PositiveInt] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stddev_goes_with_random_normal(self) -> "VariantSpec":
+        if (self.initializer == "random_normal") != (self.init_stddev is not None):
+            raise ValueError(
+                "init_stddev (first hidden layer, later hidden layers) is required with "
+                f"initializer random_normal and not allowed otherwise (initializer is {self.initializer})"
+            )
+        return self
 
 
 class Params(_Section):
     download: DownloadParams
     data: DataParams
     train: TrainParams
+    variants: dict[VariantName, VariantSpec] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_shared_train_settings(cls, raw: object) -> object:
+        """Fill each variant with the `train` settings it does not override."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("variants"), dict):
+            return raw
+        train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+        shared = {key: value for key, value in train.items() if key in FitSettings.model_fields}
+        variants = {
+            name: {**shared, **overrides} if isinstance(overrides, dict) else overrides
+            for name, overrides in raw["variants"].items()
+        }
+        return {**raw, "variants": variants}
+
+    def epochs(self, variant: str) -> int:
+        """The epochs variant will train for: its own, capped by train.max_epochs."""
+        epochs = self.variants[variant].epochs
+        return min(epochs, self.train.max_epochs) if self.train.max_epochs else epochs
 
 
 class ParamsError(ValueError):
@@ -58,10 +125,10 @@ class ParamsError(ValueError):
 def _describe(error: dict) -> str:
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
     key = key.lstrip(".") or "(top level)"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
-    elif error["type"] != "missing":
+    elif error["type"] not in ("missing", "value_error"):
         message += f" (got {error['input']!r})"
     return f"  {key}: {message}"
 

@@ -1,13 +1,17 @@
-"""End to end: `dvc repro preprocess` in a fresh copy of the repository, as a user runs it."""
+"""End to end: DVC runs the stages in a fresh copy of the repository, as a user would."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
+import yaml
 
 from pipeline.download import ARRAY_SHA256
 from pipeline.preprocess import load_split
@@ -25,12 +29,17 @@ def copy_of_repository(destination: Path) -> Path:
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
-    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=destination, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=destination, check=True)  # dvc exp needs one
     return destination
 
 
 def dvc(*args, cwd):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):  # the copy's own default store
+        env.pop(name, None)
     result = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -56,3 +65,42 @@ def test_repro_preprocess_yields_the_canonical_splits_and_then_does_nothing(tmp_
     again = dvc("repro", "preprocess", cwd=repo)
     assert "Running stage" not in again
     assert "didn't change" in again
+
+
+def test_the_quick_pipeline_trains_tracks_and_picks_a_champion(tmp_path):
+    repo = copy_of_repository(tmp_path)
+    variants = list(yaml.safe_load((repo / "params.yaml").read_text())["variants"])
+    assert len(variants) == 10
+
+    output = dvc("exp", "run", "-S", "data.subset=3000", "-S", "train.max_epochs=1", cwd=repo)
+    for variant in variants:
+        assert f"Running stage 'train@{variant}'" in output
+        # Keras' line for the epoch follows the stage's own first line.
+        assert re.search(rf"train@{variant}: .*\n\d+/\d+ - .* - val_accuracy: ", output)
+    assert "Running stage 'evaluate'" in output
+
+    table = pd.read_csv(repo / "reports/comparison.csv")
+    assert sorted(table["variant"]) == sorted(variants)
+    assert (table["epochs"] == 1).all()
+    champion = table.loc[table["val_accuracy"].idxmax(), "variant"]
+    assert json.loads((repo / "reports/metrics.json").read_text())["champion"] == champion
+    assert (repo / "reports/comparison.md").is_file() and (repo / "reports/comparison.png").is_file()
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "mnist-mlp"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_name for run in runs) == sorted([*variants, "evaluate"])
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        if run.info.run_name == "evaluate":
+            continue
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [1]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"weights.png", "curves.png", "model_summary.txt"} <= artifacts
+        assert client.get_model_version_by_alias("mnist-mlp", run.info.run_name).run_id == run.info.run_id
+    assert len(client.search_model_versions("name = 'mnist-mlp'")) == 10
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
+
+    again = dvc("repro", cwd=repo)
+    assert "Running stage" not in again

@@ -1,0 +1,82 @@
+import keras
+import numpy as np
+import pytest
+
+from pipeline.model import build_model, dense_kernels
+from pipeline.plots import weight_violins
+
+# Total params as the notebooks' model.summary() printed them (Dropout adds none).
+NOTEBOOK_PARAM_COUNTS = {
+    "mlp-256-64": 218_058,
+    "mlp-256-64-bn": 219_338,
+    "mlp-256-64-bn-dropout": 219_338,
+    "mlp-512-256-128": 567_434,
+    "mlp-512-256-128-bn": 571_018,
+    "mlp-512-256-128-bn-dropout": 571_018,
+    "mlp-512-256-128-64-32": 576_810,
+    "mlp-512-256-128-64-32-bn": 580_778,
+    "mlp-512-256-128-64-32-bn-dropout": 580_778,
+    "mlp-256-256-he-dropout": 269_322,
+}
+
+
+def test_the_ten_variants_have_the_notebooks_parameter_counts(default_params):
+    counts = {name: build_model(spec).count_params() for name, spec in default_params.variants.items()}
+    assert counts == NOTEBOOK_PARAM_COUNTS
+
+
+def test_layers_go_dense_then_batch_norm_then_dropout(default_params):
+    model = build_model(default_params.variants["mlp-512-256-128-bn-dropout"])
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Dense", "BatchNormalization", "Dropout"] * 3 + ["Dense"]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.5] * 3
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert model.layers[0].activation.__name__ == "relu"
+
+
+def test_the_second_study_uses_he_normal_and_dropout_0_4(default_params):
+    spec = default_params.variants["mlp-256-256-he-dropout"]
+    model = build_model(spec)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert isinstance(model.layers[0].kernel_initializer, keras.initializers.HeNormal)
+    assert isinstance(model.layers[-1].kernel_initializer, keras.initializers.GlorotNormal)
+    assert (spec.batch_size, spec.epochs, spec.learning_rate) == (512, 150, 0.001)
+
+
+@pytest.mark.parametrize(
+    "variant, first, later", [("mlp-512-256-128", 0.062, 0.125), ("mlp-512-256-128-bn", 0.039, 0.55)]
+)
+def test_random_normal_kernels_have_the_notebooks_stddevs(default_params, variant, first, later):
+    kernels = list(dense_kernels(build_model(default_params.variants[variant])).values())
+    assert np.std(kernels[0]) == pytest.approx(first, rel=0.02)
+    assert np.std(kernels[1]) == pytest.approx(later, rel=0.02)
+    assert np.std(kernels[2]) == pytest.approx(later, rel=0.03)
+
+
+def test_the_same_spec_builds_the_same_weights(default_params):
+    spec = default_params.variants["mlp-256-64-bn-dropout"]
+    first, second = build_model(spec).get_weights(), build_model(spec).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    reseeded = build_model(spec.model_copy(update={"seed": 1})).get_weights()
+    assert not np.array_equal(first[0], reseeded[0])
+
+
+def test_violins_show_the_dense_kernels_of_a_batch_norm_model(default_params):
+    model = build_model(default_params.variants["mlp-256-64-bn"])
+    kernels = dense_kernels(model)
+    # get_weights() by position would hand the violins BatchNorm's gamma/beta/mean/variance.
+    assert {name: tuple(kernel.shape) for name, kernel in kernels.items()} == {
+        "hidden_1": (784, 256),
+        "hidden_2": (256, 64),
+        "digit": (64, 10),
+    }
+    assert [tuple(w.shape) for w in model.get_weights()][2:4] == [(256,), (256,)]  # BN, not a kernel
+
+    figure = weight_violins(kernels, "mlp-256-64-bn")
+    axis = figure.axes[0]
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["hidden_1", "hidden_2", "digit"]
+    # The violins span the kernels' own ranges: hidden_2's stddev 0.55 dwarfs hidden_1's 0.039.
+    low, high = axis.get_ylim()
+    everything = np.concatenate([np.asarray(kernel).ravel() for kernel in kernels.values()])
+    assert low <= everything.min() < -1.0 and high >= everything.max() > 1.0

@@ -1,0 +1,122 @@
+"""Training, tracking and evaluation in-process, against a temporary MLflow sqlite store."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import tracking
+from pipeline.evaluate import evaluate
+from pipeline.preprocess import load_split, preprocess
+from pipeline.train import train
+
+VARIANT = "mlp-256-64-bn"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, canonical_npz, default_params):
+    """A repository-like working directory with a small processed dataset and its own MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    params = default_params.model_copy(
+        update={
+            "data": default_params.data.model_copy(update={"subset": 600}),
+            "train": default_params.train.model_copy(update={"max_epochs": 2}),
+        }
+    )
+    preprocess(params.data, canonical_npz, tmp_path / "data/processed")
+    return params
+
+
+def only_variants(params, *names):
+    return params.model_copy(update={"variants": {name: params.variants[name] for name in names}})
+
+
+def test_a_trained_variant_is_saved_and_fully_tracked(workspace, tmp_path):
+    metrics = train(workspace, VARIANT)
+
+    saved = json.loads((tmp_path / f"reports/train/{VARIANT}/metrics.json").read_text())
+    assert saved == metrics and saved["epochs"] == 2 and saved["params"] == 219_338
+    history = pd.read_csv(tmp_path / f"reports/history/{VARIANT}.csv")
+    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert history["epoch"].tolist() == [1, 2]
+    assert (tmp_path / f"models/{VARIANT}.keras").is_file()
+
+    client = mlflow.MlflowClient()
+    (run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list")
+    assert run.info.run_name == VARIANT and run.info.status == "FINISHED"
+    p = run.data.params
+    assert (p["hidden_layers"], p["batch_norm"], p["dropout"], p["init_stddev"]) == ("[256, 64]", "True", "0.0", "[0.039, 0.55]")
+    assert (p["param_count"], p["data.subset"], p["train.max_epochs"], p["epochs"]) == ("219338", "600", "2", "20")
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        steps = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in steps] == [1, 2]
+        assert [m.value for m in steps] == pytest.approx(history[name].tolist())
+    assert run.data.metrics["final_val_accuracy"] == pytest.approx(metrics["val_accuracy"])
+    assert run.data.metrics["final_train_seconds"] == pytest.approx(metrics["train_seconds"])
+    assert run.data.tags["dvc_stage"] == f"train@{VARIANT}"
+    assert len(run.data.tags["params_hash"]) == 16 and run.data.tags["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"weights.png", "curves.png", "model_summary.txt"} <= artifacts
+    inputs = {d.dataset.name: [t.value for t in d.tags] for d in run.inputs.dataset_inputs}
+    assert inputs == {"mnist-training": ["training"], "mnist-validation": ["validation"]}
+
+    version = client.get_model_version_by_alias("mnist-mlp", VARIANT)
+    assert int(version.version) == 1 and version.run_id == run.info.run_id
+    assert version.tags["model_md5"] == tracking.file_md5(tmp_path / f"models/{VARIANT}.keras")
+
+    # The registered model takes raw pixels and answers digits.
+    x_val, y_val = load_split("validation", tmp_path / "data/processed")
+    served = mlflow.pyfunc.load_model(f"models:/mnist-mlp@{VARIANT}")
+    answer = served.predict(np.rint(x_val[:50] * 255).astype(np.float64))
+    assert list(answer.columns) == ["digit", "probabilities"]
+    assert (answer["digit"].to_numpy() == y_val[:50].argmax(axis=1)).mean() > 0.5
+    assert np.allclose([sum(p) for p in answer["probabilities"]], 1.0, atol=1e-5)
+
+
+def test_the_same_params_give_the_same_metrics(workspace, tmp_path):
+    first = train(workspace, "mlp-256-64-bn-dropout")
+    first_history = (tmp_path / "reports/history/mlp-256-64-bn-dropout.csv").read_text()
+    second = train(workspace, "mlp-256-64-bn-dropout")
+    second_history = (tmp_path / "reports/history/mlp-256-64-bn-dropout.csv").read_text()
+    first.pop("train_seconds"), second.pop("train_seconds")
+    assert first == second
+    assert first_history == second_history
+
+
+def test_evaluate_picks_by_validation_and_restores_a_lost_store(workspace, tmp_path, monkeypatch):
+    params = only_variants(workspace, "mlp-256-64", "mlp-256-64-bn")
+    for variant in params.variants:
+        train(params, variant)
+    champion = evaluate(params)
+
+    table = pd.read_csv(tmp_path / "reports/comparison.csv")
+    assert list(table.columns) == [
+        "variant", "hidden_layers", "batch_norm", "dropout", "params", "epochs",
+        "val_accuracy", "test_loss", "test_accuracy", "train_seconds",
+    ]  # fmt: skip
+    assert champion == table.loc[table["val_accuracy"].idxmax(), "variant"] == table["variant"][0]
+    assert table.set_index("variant").loc["mlp-256-64-bn", "hidden_layers"] == "256-64"
+    assert (tmp_path / "reports/comparison.md").read_text().startswith(f"Champion (best validation accuracy): **{champion}**")
+    assert json.loads((tmp_path / "reports/metrics.json").read_text())["champion"] == champion
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
+    (evaluate_run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], filter_string="run_name = 'evaluate'", output_format="list")
+    assert {"comparison.csv", "comparison.md", "comparison.png", "comparison.json"} <= {
+        a.path for a in client.list_artifacts(evaluate_run.info.run_id)
+    }
+
+    # A fresh store (a new clone, a deleted mlflow.db): evaluate registers what DVC still has.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/fresh.db")
+    assert evaluate(params) == champion
+    client = mlflow.MlflowClient()
+    for variant in params.variants:
+        version = client.get_model_version_by_alias("mnist-mlp", variant)
+        assert version.tags["model_md5"] == tracking.file_md5(tmp_path / f"models/{variant}.keras")
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
+    # Run again against the now complete store: nothing is registered twice.
+    evaluate(params)
+    assert len(client.search_model_versions("name = 'mnist-mlp'")) == 2
