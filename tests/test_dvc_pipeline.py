@@ -104,3 +104,9 @@ def test_the_quick_pipeline_trains_tracks_and_picks_a_champion(tmp_path):
 
     again = dvc("repro", cwd=repo)
     assert "Running stage" not in again
+
+    # Editing one variant makes only that variant (and the comparison) out of date.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["variants"]["mlp-256-64"]["dropout"] = 0.2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"train@mlp-256-64", "evaluate"}
