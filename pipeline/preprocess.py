@@ -33,9 +33,9 @@ def to_features(images: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected images of {IMAGE_PIXELS} pixels (28x28), got shape {pixels.shape}")
     features = pixels.reshape(len(pixels), IMAGE_PIXELS).astype(np.float32)  # a copy, never float64
     if features.size and not np.isfinite(features).all():
-        raise ValueError("pixel intensities must be finite numbers")
+        raise ValueError("pixel intensities must be numbers: found null, NaN or infinity")
     if features.size and (features.min() < 0 or features.max() > 255):
-        raise ValueError("pixel intensities must lie in 0-255")
+        raise ValueError(f"pixel intensities must lie in 0-255: found {features.min():g} to {features.max():g}")
     features /= 255
     return features
 

@@ -1,4 +1,9 @@
-"""The model as MLflow serves it: raw pixels in, digit and class probabilities out."""
+"""The model as MLflow serves it: raw pixels in, digit and class probabilities out.
+
+Requests carry rows of 784 pixel intensities 0-255 (ints or floats, row-major 28x28);
+the model applies the training pipeline's own `to_features`, so serving cannot drift
+from training.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,13 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
 
 from pipeline.preprocess import IMAGE_PIXELS, to_features
+
+MAX_BATCH = 4096  # images per request: bounds a request's memory and time (a 4096-image JSON is ~10 MB)
 
 SIGNATURE = mlflow.models.ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, IMAGE_PIXELS))]),
@@ -19,7 +27,10 @@ SIGNATURE = mlflow.models.ModelSignature(
 
 def predict_digits(model, pixels) -> pd.DataFrame:
     """Rows of 784 intensities 0-255 (or 28x28 images) -> `digit` and the ten class `probabilities`."""
-    probabilities = model.predict(to_features(np.asarray(pixels)), verbose=0)
+    features = to_features(np.asarray(pixels))
+    if not 0 < len(features) <= MAX_BATCH:
+        raise ValueError(f"a request carries 1 to {MAX_BATCH} images, this one {len(features)}")
+    probabilities = model.predict(features, verbose=0)
     return pd.DataFrame(
         {"digit": probabilities.argmax(axis=1), "probabilities": [row.tolist() for row in probabilities]}
     )
@@ -35,7 +46,11 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 
     # np.ndarray: the input the tensor signature delivers; also tells MLflow to validate by SIGNATURE.
     def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
-        return predict_digits(self.model, model_input)
+        try:
+            return predict_digits(self.model, model_input)
+        except ValueError as error:
+            # MLflow answers an MlflowException of this kind with 400 and the message.
+            raise MlflowException.invalid_parameter_value(str(error)) from None
 
 
 # MLflow "models from code": logging names this file, and loading the model runs it, so

@@ -1,3 +1,7 @@
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -5,6 +9,7 @@ import pytest
 
 from pipeline.config import load_params
 from pipeline.download import fetch
+from pipeline.preprocess import preprocess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,3 +34,50 @@ def canonical_npz(canonical_arrays, tmp_path_factory):
     path = tmp_path_factory.mktemp("raw") / "mnist.npz"
     np.savez_compressed(path, **canonical_arrays)
     return path
+
+
+def small_workspace(root: Path, default_params, canonical_npz, subset: int, max_epochs: int):
+    """Params for a quick run, and their processed data under root/data/processed.
+
+    The caller makes root the working directory (as DVC would) and points MLFLOW_TRACKING_URI
+    at a store of its own.
+    """
+    params = default_params.model_copy(
+        update={
+            "data": default_params.data.model_copy(update={"subset": subset}),
+            "train": default_params.train.model_copy(update={"max_epochs": max_epochs}),
+        }
+    )
+    preprocess(params.data, canonical_npz, root / "data/processed")
+    return params
+
+
+def copy_of_repository(destination: Path) -> Path:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=destination, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=destination, check=True)  # dvc exp needs one
+    return destination
+
+
+def run_in(cwd: Path, *command: str) -> str:
+    """Run one of this environment's commands (dvc, mlflow) in cwd as a user would; return its stdout."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):  # the copy's own default store
+        env.pop(name, None)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    return run_in(cwd, "dvc", *args)

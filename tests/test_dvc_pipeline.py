@@ -1,12 +1,7 @@
 """End to end: DVC runs the stages in a fresh copy of the repository, as a user would."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,33 +11,7 @@ import yaml
 from pipeline.download import ARRAY_SHA256
 from pipeline.preprocess import load_split
 
-from conftest import REPO_ROOT
-
-
-def copy_of_repository(destination: Path) -> Path:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run([*git, "init", "-q"], cwd=destination, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=destination, check=True)  # dvc exp needs one
-    return destination
-
-
-def dvc(*args, cwd):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):  # the copy's own default store
-        env.pop(name, None)
-    result = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+from conftest import copy_of_repository, dvc
 
 
 def test_repro_preprocess_yields_the_canonical_splits_and_then_does_nothing(tmp_path):

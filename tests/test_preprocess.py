@@ -25,7 +25,7 @@ def test_features_accept_flat_rows_of_any_number_type_and_leave_the_input_alone(
     [
         (np.zeros((2, 785)), "784 pixels"),
         (np.zeros(784), "784 pixels"),
-        (np.full((1, 784), np.nan), "finite"),
+        (np.full((1, 784), np.nan), "must be numbers"),
         (np.full((1, 784), 256), "0-255"),
         (np.full((1, 784), -1), "0-255"),
     ],

@@ -9,8 +9,10 @@ import pytest
 
 from pipeline import tracking
 from pipeline.evaluate import evaluate
-from pipeline.preprocess import load_split, preprocess
+from pipeline.preprocess import load_split
 from pipeline.train import train
+
+from conftest import small_workspace
 
 VARIANT = "mlp-256-64-bn"
 
@@ -21,14 +23,7 @@ def workspace(tmp_path, monkeypatch, canonical_npz, default_params):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    params = default_params.model_copy(
-        update={
-            "data": default_params.data.model_copy(update={"subset": 600}),
-            "train": default_params.train.model_copy(update={"max_epochs": 2}),
-        }
-    )
-    preprocess(params.data, canonical_npz, tmp_path / "data/processed")
-    return params
+    return small_workspace(tmp_path, default_params, canonical_npz, subset=600, max_epochs=2)
 
 
 def only_variants(params, *names):

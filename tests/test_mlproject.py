@@ -1,0 +1,33 @@
+"""`mlflow run` on the project's entry points, in a fresh copy of the repository."""
+
+import mlflow
+import yaml
+
+from conftest import REPO_ROOT, copy_of_repository, run_in
+
+
+def test_every_stage_has_an_entry_point():
+    project = yaml.safe_load((REPO_ROOT / "MLproject").read_text())
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(project["entry_points"]) == {"main", "serve", *stages}
+
+
+def test_mlflow_run_makes_the_stage_run_a_child_of_its_own(tmp_path):
+    repo = copy_of_repository(tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["subset"], params["train"]["max_epochs"] = 2000, 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    run_in(repo, "mlflow", "run", ".", "-e", "train", "-P", "variant=mlp-256-64",
+           "--env-manager", "local", "--experiment-name", "mnist-mlp")  # fmt: skip
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    child = runs.pop("mlp-256-64")
+    (parent,) = runs.values()  # the run `mlflow run` made, and no other
+    assert parent.data.tags["mlflow.project.entryPoint"] == "train"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.info.status == parent.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1]
+    assert "val_accuracy" not in parent.data.metrics  # nothing of the stage landed in the parent

@@ -1,0 +1,131 @@
+"""A real `mlflow models serve` process, a registered model, raw test images over HTTP."""
+
+import json
+import urllib.error
+import urllib.request
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.serving import MAX_BATCH
+from pipeline.server import is_up, scoring_server
+from pipeline.train import model_path, train
+
+from conftest import small_workspace
+
+VARIANT = "mlp-256-64"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, default_params, canonical_npz, canonical_arrays):
+    """One variant trained as the quick pipeline trains it, registered, and served."""
+    root = tmp_path_factory.mktemp("serving")
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for name, value in store.items():
+            patch.setenv(name, value)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        params = small_workspace(root, default_params, canonical_npz, subset=3000, max_epochs=2)
+        train(params, VARIANT)
+        local_model = keras.saving.load_model(root / model_path(VARIANT))
+        with scoring_server(f"models:/mnist-mlp@{VARIANT}", env=store) as url:
+            yield url, local_model
+
+
+def post(url, body, content_type="application/json"):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_raw_test_images_are_classified_as_the_trained_model_does(served, canonical_arrays):
+    url, local_model = served
+    images = canonical_arrays["x_test"][:1000].reshape(1000, 784)
+    labels = canonical_arrays["y_test"][:1000]
+
+    status, answer = post(url, {"inputs": images.tolist()})  # JSON ints 0-255, as a client sends them
+    assert status == 200
+    digits = np.array([p["digit"] for p in answer["predictions"]])
+    expected = local_model.predict(images.astype(np.float32) / 255, verbose=0).argmax(axis=1)
+    np.testing.assert_array_equal(digits, expected)
+    assert (digits == labels).mean() > 0.85
+    probabilities = np.array([p["probabilities"] for p in answer["predictions"]])
+    assert probabilities.shape == (1000, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_dataframe_split_and_float_pixels_are_accepted(served, canonical_arrays):
+    url, _ = served
+    images = canonical_arrays["x_test"][:20].reshape(20, 784)
+    _, by_inputs = post(url, {"inputs": images.tolist()})
+    split = {"dataframe_split": {"columns": [f"pixel_{i}" for i in range(784)], "data": images.astype(float).tolist()}}
+    status, by_split = post(url, split)
+    assert status == 200
+    assert [p["digit"] for p in by_split["predictions"]] == [p["digit"] for p in by_inputs["predictions"]]
+
+
+def test_signature_and_input_example_describe_raw_pixel_rows(served):
+    url, _ = served
+    uri = f"models:/mnist-mlp@{VARIANT}"
+    info = mlflow.models.get_model_info(uri)
+    (tensor,) = info.signature.inputs.inputs
+    assert (tensor.type, tensor.shape) == (np.dtype("float64"), (-1, 784))
+    assert info.signature.outputs.input_names() == ["digit", "probabilities"]
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(uri))
+    example = json.loads((model_dir / "serving_input_example.json").read_text())
+    pixels = np.array(example["inputs"])
+    assert pixels.shape == (1, 784) and pixels.max() > 1 and (pixels == np.rint(pixels)).all()
+    status, answer = post(url, example)
+    assert status == 200 and len(answer["predictions"]) == 1
+
+
+ROW = [0] * 784
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ({"inputs": [ROW[:700]]}, "does not match expected shape"),
+        ({"inputs": [ROW, ROW[:10]]}, "inhomogeneous"),
+        ({"inputs": [["a"] * 784]}, "could not convert string to float"),
+        ({"inputs": [[None] * 784]}, "must be numbers: found null, NaN or infinity"),
+        ({"inputs": [[0] * 783 + [256]]}, "must lie in 0-255: found 0 to 256"),
+        ({"inputs": [[-1] * 784]}, "must lie in 0-255"),
+        ({"inputs": []}, "Failed to enforce schema"),
+        ({"pixels": [ROW]}, "must be a JSON dictionary with exactly one of the input fields"),
+        (b"{not json", "valid JSON"),
+        ({"inputs": [ROW] * (MAX_BATCH + 1)}, f"a request carries 1 to {MAX_BATCH} images"),
+    ],
+    ids=["short row", "ragged", "non-numeric", "null", "above 255", "negative", "empty batch",
+         "wrong key", "invalid JSON", "batch too large"],
+)  # fmt: skip
+def test_a_bad_request_gets_a_4xx_that_says_what_is_wrong(served, body, says):
+    url, _ = served
+    status, answer = post(url, body)
+    assert 400 <= status < 500
+    assert says in answer["message"]
+
+
+def test_nan_in_a_json_number_is_refused(served):
+    url, _ = served
+    status, answer = post(url, b'{"inputs": [[' + b"NaN, " * 783 + b"0]]}")
+    assert status == 400 and "must be numbers" in answer["message"]
+
+
+def test_the_server_keeps_serving_after_bad_requests(served, canonical_arrays):
+    url, _ = served
+    for body in ({"inputs": [["x"]]}, b"[", {"inputs": [[1e9] * 784]}):
+        post(url, body)
+    assert is_up(url)
+    status, answer = post(url, {"inputs": canonical_arrays["x_test"][:1].reshape(1, 784).tolist()})
+    assert status == 200 and len(answer["predictions"]) == 1
