@@ -1,7 +1,7 @@
 """Latency and throughput of a real `mlflow models serve` answering raw MNIST test images.
 
-    python benchmarks/serving.py                      # serves models:/mnist-mlp@champion itself
-    python benchmarks/serving.py --url http://127.0.0.1:5000   # or measures a running server
+    python -m benchmarks.serving                          # serves models:/mnist-mlp@champion itself
+    python -m benchmarks.serving --url http://127.0.0.1:5000   # or measures a running server
 
 Loopback only; bounded: --single sequential one-image requests, then --batches requests of
 --batch-size images. Prints figures; asserts nothing.
@@ -75,7 +75,7 @@ def main() -> None:
     with np.load(RAW_NPZ) as raw:
         images, labels = raw["x_test"], raw["y_test"]
     with contextlib.nullcontext(args.url) if args.url else scoring_server(args.model) as url:
-        print(f"{args.url and 'server' or 'mlflow models serve'} {args.model if not args.url else url}")
+        print(f"measuring {url} ({args.url and 'a running server' or args.model})")
         measure(url, images, labels, args.single, args.batch_size, args.batches)
 
 
