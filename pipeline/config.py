@@ -75,6 +75,10 @@ class FitSettings(_Section):
 
 class TrainParams(FitSettings):
     max_epochs: int = Field(ge=0)  # caps every variant's epochs; 0 = no cap
+    # How fast, not what: see README "Training speed" for what each is worth here.
+    steps_per_execution: PositiveInt
+    jit_compile: bool
+    validation_batch_size: PositiveInt
 
 
 class VariantSpec(FitSettings):

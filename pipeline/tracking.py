@@ -88,6 +88,8 @@ class EpochMetrics(keras.callbacks.Callback):
     """
 
     def on_epoch_end(self, epoch, logs=None):
+        # Synchronous: ~3 ms a call on sqlite (under 1% of an epoch); MLflow's asynchronous
+        # logging saves that but costs about 1 s when the run ends.
         mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch + 1)
 
 

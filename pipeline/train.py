@@ -14,7 +14,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from pipeline import plots, tracking
 from pipeline.atomic import atomic_path, atomic_write
@@ -57,6 +56,18 @@ def model_summary(model: keras.Model) -> str:
     return "\n".join(lines)
 
 
+def fit(model: keras.Model, params: Params, variant: str, train_data, validation_data, callbacks, verbose=2):
+    """Keras' fit with the variant's batch size and epochs, validating after every epoch."""
+    x_train, y_train = train_data
+    return model.fit(
+        x_train, y_train,
+        batch_size=params.variants[variant].batch_size, epochs=params.epochs(variant),
+        validation_data=validation_data, validation_batch_size=params.train.validation_batch_size,
+        callbacks=callbacks,
+        verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
+    )  # fmt: skip
+
+
 def train(params: Params, variant: str, processed_dir: Path = PROCESSED_DIR) -> dict:
     spec = params.variants[variant]
     epochs = params.epochs(variant)
@@ -64,8 +75,7 @@ def train(params: Params, variant: str, processed_dir: Path = PROCESSED_DIR) -> 
     x_val, y_val = load_split("validation", processed_dir)
 
     keras.utils.set_random_seed(spec.seed)  # shuffling; the layers carry their own seeds
-    tf.config.experimental.enable_op_determinism()
-    model = build_model(spec)
+    model = build_model(spec, params.train.steps_per_execution, params.train.jit_compile)
 
     used = used_params(params, variant)
     tags = {"dvc_stage": f"train@{variant}", "params_hash": tracking.params_hash(used)}
@@ -79,13 +89,7 @@ def train(params: Params, variant: str, processed_dir: Path = PROCESSED_DIR) -> 
         )
         print(f"train@{variant}: {model.count_params():,} parameters, {epochs} epochs, {len(x_train):,} images")
         started = time.perf_counter()
-        history = model.fit(
-            x_train, y_train,
-            batch_size=spec.batch_size, epochs=epochs,
-            validation_data=(x_val, y_val),
-            callbacks=[tracking.EpochMetrics()],
-            verbose=2,  # one line per epoch: readable in DVC's captured output
-        )  # fmt: skip
+        history = fit(model, params, variant, (x_train, y_train), (x_val, y_val), [tracking.EpochMetrics()])
         train_seconds = time.perf_counter() - started
 
         curves = pd.DataFrame(history.history)[["loss", "accuracy", "val_loss", "val_accuracy"]]
