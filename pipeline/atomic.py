@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -33,3 +34,15 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
         yield tmp
         tmp.flush()
         os.fsync(tmp.fileno())
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a stopped job) behave as Ctrl-C: cleanup code runs, then the stage exits.
+
+    Python's default for SIGTERM is to die on the spot, skipping every `finally`.
+    """
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)

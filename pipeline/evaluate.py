@@ -13,7 +13,7 @@ import keras
 import pandas as pd
 
 from pipeline import plots, tracking
-from pipeline.atomic import atomic_write
+from pipeline.atomic import atomic_write, stop_on_sigterm
 from pipeline.config import PROCESSED_DIR, REPORTS_DIR, Params, ParamsError, load_params
 from pipeline.download import DataError
 from pipeline.preprocess import load_split
@@ -58,7 +58,8 @@ def register_missing(params: Params, x_example) -> dict[str, int]:
     for variant in params.variants:
         version = tracking.registered_version(variant, model_path(variant))
         if version is None:
-            print(f"evaluate: {variant} is not in the MLflow registry; registering it from {model_path(variant)}")
+            print(f"evaluate: {variant} is not in the MLflow registry with this model and serving code; "
+                  f"registering it from {model_path(variant)}")  # fmt: skip
             with tracking.run(variant, {"dvc_stage": f"train@{variant}", "registered_by": "evaluate"}):
                 version = tracking.log_and_register_model(model_path(variant), variant, x_example)
         versions[variant] = version
@@ -107,6 +108,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except (ParamsError, DataError) as error:

@@ -29,10 +29,10 @@ def hidden_initializer(spec: VariantSpec, layer: int) -> keras.initializers.Init
     return INITIALIZERS[spec.initializer](seed=seed)
 
 
-def build_model(spec: VariantSpec, steps_per_execution: int = 1, jit_compile: bool | str = "auto") -> keras.Sequential:
+def build_model(spec: VariantSpec, steps_per_execution: int = 1) -> keras.Sequential:
     """Dense -> [BatchNormalization] -> [Dropout] per hidden layer, then a softmax layer.
 
-    steps_per_execution and jit_compile change how fast it trains, not what it learns.
+    steps_per_execution changes how fast it trains, not what it learns.
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=(IMAGE_PIXELS,), name="pixels")]
     for index, units in enumerate(spec.hidden_layers):
@@ -57,7 +57,7 @@ def build_model(spec: VariantSpec, steps_per_execution: int = 1, jit_compile: bo
         loss="categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
-        jit_compile=jit_compile,
+        jit_compile=spec.jit_compile,
     )
     return model
 

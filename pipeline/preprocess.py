@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import OneHotEncoder
 
-from pipeline.atomic import atomic_write
+from pipeline.atomic import atomic_write, stop_on_sigterm
 from pipeline.config import PROCESSED_DIR, RAW_NPZ, DataParams, ParamsError, load_params
 from pipeline.download import DataError, load_npz, verify
 
@@ -101,6 +101,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except (ParamsError, DataError) as error:

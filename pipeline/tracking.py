@@ -40,13 +40,19 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def file_md5(path: Path) -> str:
-    """The hash DVC records for an output in dvc.lock."""
+def file_md5(*paths: Path) -> str:
+    """The hash DVC records for an output in dvc.lock (of one file; of several, together)."""
     digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def serving_code_md5() -> str:
+    """What the served model runs besides its weights: a change means a new version."""
+    return file_md5(PACKAGE_DIR / "serving.py", PACKAGE_DIR / "preprocess.py")
 
 
 def params_hash(used: dict) -> str:
@@ -63,7 +69,11 @@ def run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
     if parent:
         tags = {**tags, "mlflow.parentRunId": parent}
     with mlflow.start_run(run_name=name, tags={"git_commit": git_commit(), **tags}) as active:
-        yield active
+        try:
+            yield active
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under atomic.stop_on_sigterm()
+            mlflow.end_run(status="KILLED")  # not FAILED, and never left RUNNING
+            raise
 
 
 def log_params(params: dict) -> None:
@@ -140,16 +150,17 @@ def log_and_register_model(model_file: Path, variant: str, example: np.ndarray) 
     client = mlflow.MlflowClient()
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "variant", variant)
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "model_md5", file_md5(model_file))
+    client.set_model_version_tag(REGISTERED_MODEL, str(version), "serving_code_md5", serving_code_md5())
     client.set_registered_model_alias(REGISTERED_MODEL, variant, str(version))
     return version
 
 
 def registered_version(variant: str, model_file: Path) -> int | None:
-    """The registered version holding exactly this model file, with `@variant` pointing at it."""
+    """The registered version holding exactly this model file and serving code, with `@variant` on it."""
     client = mlflow.MlflowClient()
-    md5 = file_md5(model_file)
+    wanted = {"variant": variant, "model_md5": file_md5(model_file), "serving_code_md5": serving_code_md5()}
     for version in client.search_model_versions(f"name = '{REGISTERED_MODEL}'"):
-        if version.tags.get("variant") == variant and version.tags.get("model_md5") == md5:
+        if all(version.tags.get(key) == value for key, value in wanted.items()):
             client.set_registered_model_alias(REGISTERED_MODEL, variant, version.version)
             return int(version.version)
     return None

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import plots, tracking
-from pipeline.atomic import atomic_path, atomic_write
+from pipeline.atomic import atomic_path, atomic_write, stop_on_sigterm
 from pipeline.config import HISTORY_DIR, MODELS_DIR, PROCESSED_DIR, TRAIN_REPORTS_DIR, Params, ParamsError, load_params
 from pipeline.download import DataError
 from pipeline.model import build_model, dense_kernels
@@ -75,7 +75,7 @@ def train(params: Params, variant: str, processed_dir: Path = PROCESSED_DIR) -> 
     x_val, y_val = load_split("validation", processed_dir)
 
     keras.utils.set_random_seed(spec.seed)  # shuffling; the layers carry their own seeds
-    model = build_model(spec, params.train.steps_per_execution, params.train.jit_compile)
+    model = build_model(spec, params.train.steps_per_execution)
 
     used = used_params(params, variant)
     tags = {"dvc_stage": f"train@{variant}", "params_hash": tracking.params_hash(used)}
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     try:
         main()
     except (ParamsError, DataError) as error:

@@ -101,3 +101,44 @@ def test_a_stage_stops_before_any_work_on_bad_params(stage, tmp_path):
     assert "data.subset: Input should be greater than or equal to 0 (got -5)" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "change, key, says",
+    [
+        ({"dropout": 1.0}, "dropout", "less than 1"),
+        ({"dropout": -0.1}, "dropout", "greater than or equal to 0"),
+        ({"hidden_layers": []}, "hidden_layers", "at least 1 item"),
+        ({"hidden_layers": [256, -64]}, "hidden_layers[1]", "greater than 0"),
+        ({"hidden_layers": [256, 64.5]}, "hidden_layers[1]", "valid integer"),
+        ({"optimizer": "adamw"}, "optimizer", "'adam', 'sgd' or 'rmsprop'"),
+        ({"activation": "swish"}, "activation", "Input should be 'relu'"),
+        ({"initializer": "zeros"}, "initializer", "Input should be 'random_normal'"),
+        ({"batch_size": 0}, "batch_size", "greater than 0"),
+        ({"epochs": 0}, "epochs", "greater than 0"),
+        ({"learning_rate": 0}, "learning_rate", "greater than 0"),
+        ({"initializer": "he_normal"}, "", "init_stddev (first hidden layer, later hidden layers) is required"),
+        ({"init_stddev": [0.1]}, "init_stddev", "at least 2 items"),
+        ({"hidden_units": [10]}, "hidden_units", "unknown key"),
+    ],
+)
+def test_a_bad_variant_is_named_down_to_the_key(change, key, says):
+    raw = default_raw()
+    raw["variants"]["mlp-256-64"].update(change)
+    message = str(pytest.raises(ParamsError, parse_params, raw).value)
+    assert f"  variants.mlp-256-64{'.' + key if key else ''}: " in message
+    assert says in message
+
+
+def test_a_bad_shared_setting_is_named_where_it_is_written():
+    raw = with_value("train.batch_size", 0)
+    message = str(pytest.raises(ParamsError, parse_params, raw).value)
+    assert "  train.batch_size: Input should be greater than 0" in message
+
+
+@pytest.mark.parametrize("name", ["mlp.256", "MLP", "latest", "v3", "champion", "a b"])
+def test_a_variant_name_that_would_break_dvc_or_mlflow_is_refused(name):
+    raw = default_raw()
+    raw["variants"][name] = raw["variants"].pop("mlp-256-64")
+    with pytest.raises(ParamsError, match=f"variants.{name}"):
+        parse_params(raw)

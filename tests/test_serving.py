@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from benchmarks.load import load_test
 from pipeline.serving import MAX_BATCH
 from pipeline.server import is_up, scoring_server
 from pipeline.train import model_path, train
@@ -129,3 +130,27 @@ def test_the_server_keeps_serving_after_bad_requests(served, canonical_arrays):
     assert is_up(url)
     status, answer = post(url, {"inputs": canonical_arrays["x_test"][:1].reshape(1, 784).tolist()})
     assert status == 200 and len(answer["predictions"]) == 1
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on `port` (Linux /proc/net/tcp, little-endian hex)."""
+    addresses = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            addresses.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return addresses
+
+
+def test_the_server_listens_on_loopback_only(served):
+    url, _ = served
+    assert listening_addresses(int(url.rsplit(":", 1)[1])) == {"127.0.0.1"}
+
+
+def test_a_small_load_mixing_good_and_malformed_requests(served, canonical_arrays):
+    url, local_model = served
+    images = canonical_arrays["x_test"][:500].reshape(500, 784)
+    expected = local_model.predict_on_batch(images.astype(np.float32) / 255).argmax(axis=1)
+    result = load_test(url, images, expected, requests=400, concurrency=8, seconds=120)
+    assert result["counts"] == {"correct": 300, "refused": 100}  # no 5xx, drops or wrong answers
