@@ -1,4 +1,5 @@
-"""A real `mlflow models serve` process on loopback, started and stopped for tests and benchmarks."""
+"""Real MLflow servers on loopback (`mlflow models serve`, `mlflow server`), started and stopped
+for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -23,30 +24,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def is_up(url: str) -> bool:
+def is_up(url: str, health: str = "/ping") -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+        with urllib.request.urlopen(f"{url}{health}", timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
 
 
 @contextlib.contextmanager
-def scoring_server(model_uri: str, env: dict[str, str] | None = None, startup_seconds: float = 120) -> Iterator[str]:
-    """Serve `model_uri` on 127.0.0.1 and a free port; yield its base URL once /ping answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        str(BIN_DIR / "mlflow"), "models", "serve", "-m", model_uri,
-        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+def running(command: list[str], url: str, health: str, env: dict[str, str] | None, startup_seconds: float) -> Iterator[str]:
+    """Start `command`, wait until `url + health` answers, yield `url`; stop it (and its workers) after."""
     environment = {**os.environ, **(env or {}), "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tempfile.TemporaryFile("w+") as log:
         # Its own session, so stopping it stops the uvicorn workers it starts too.
         server = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + startup_seconds
-            while not is_up(url):
+            while not is_up(url, health):
                 if server.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     raise RuntimeError(f"`{' '.join(command)}` did not come up:\n{log.read()[-3000:]}")
@@ -60,3 +55,23 @@ def scoring_server(model_uri: str, env: dict[str, str] | None = None, startup_se
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+
+
+def scoring_server(model_uri: str, env: dict[str, str] | None = None, startup_seconds: float = 120):
+    """`mlflow models serve` of `model_uri` on 127.0.0.1 and a free port: a context yielding its URL."""
+    port = free_port()
+    command = [
+        str(BIN_DIR / "mlflow"), "models", "serve", "-m", model_uri,
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    return running(command, f"http://127.0.0.1:{port}", "/ping", env, startup_seconds)
+
+
+def tracking_server(backend_store_uri: str, artifacts_destination: Path, startup_seconds: float = 120):
+    """`mlflow server` on 127.0.0.1 and a free port, artifacts proxied to a directory: a context yielding its URL."""
+    port = free_port()
+    command = [
+        str(BIN_DIR / "mlflow"), "server", "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", str(artifacts_destination), "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    return running(command, f"http://127.0.0.1:{port}", "/health", None, startup_seconds)

@@ -20,6 +20,7 @@ import keras
 import mlflow
 import numpy as np
 
+from pipeline.config import ParamsError
 from pipeline.serving import SIGNATURE
 
 # Stage output goes to DVC's log, not a terminal: no artifact progress bars in it.
@@ -59,9 +60,25 @@ def params_hash(used: dict) -> str:
     return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_store_fits_workspace() -> None:
+    """Refuse the embedded sqlite store where its runs would be lost or corrupted.
+
+    `dvc exp run --queue` and `--temp` run each experiment in a temporary copy of the
+    repository, often several at once: a `sqlite:///mlflow.db` there is deleted with the copy,
+    and sqlite takes one writer at a time.
+    """
+    if mlflow.get_tracking_uri().startswith("sqlite:") and "/.dvc/tmp/exps/" in f"{Path.cwd().as_posix()}/":
+        raise ParamsError(
+            "MLFLOW_TRACKING_URI: this stage runs in a temporary DVC workspace (`dvc exp run --queue` or "
+            "`--temp`), where the embedded sqlite store would be lost with the workspace and cannot take "
+            "parallel writers. Set MLFLOW_TRACKING_URI to a tracking server (README: Team set-up)."
+        )
+
+
 @contextlib.contextmanager
 def run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
     """A run in the `mnist-mlp` experiment; under `mlflow run`, a child of the project's run."""
+    check_store_fits_workspace()
     mlflow.set_experiment(EXPERIMENT)
     # `mlflow run` hands its run to us through MLFLOW_RUN_ID; logging into it directly would
     # pile every stage into one run, so each stage becomes its child instead.

@@ -83,8 +83,11 @@ def test_an_interrupted_download_leaves_nothing_and_the_rerun_completes(tmp_path
     temporary = Path(os.environ.get("TMPDIR", "/tmp"))
     before = set(temporary.glob("mnist-download-*"))
 
+    # A shell's background job (`make test &`) ignores SIGINT, and Python keeps an ignored SIGINT
+    # ignored: give the stage the terminal's default, as a user's Ctrl-C would find it.
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.download"], cwd=repo, env=user_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     time.sleep(3)  # mid-transfer
     stage.send_signal(stop)
     _, stderr = stage.communicate(timeout=30)

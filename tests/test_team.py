@@ -1,0 +1,164 @@
+"""A team's set-up: the unchanged pipeline logging to an `mlflow server` on a real PostgreSQL."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.server import free_port, tracking_server
+
+from conftest import copy_of_repository
+
+ENV_BIN = Path(sys.executable).parent
+
+
+def postgres_tool(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} not found: `apt-get install postgresql` (.ci/run does)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def postgres_uri():
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (as the `postgres` user when we are root)."""
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="mnist-pg-"))
+    if as_owner:
+        shutil.chown(home, "postgres")
+    data, port = home / "data", free_port()
+    subprocess.run([*as_owner, postgres_tool("initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow", "-E", "UTF8"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-h 127.0.0.1 -p {port} -k {home}"  # loopback and a private socket directory only
+    subprocess.run([*as_owner, postgres_tool("pg_ctl"), "-D", str(data), "-o", options, "-l", str(home / "log"), "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        subprocess.run([*as_owner, postgres_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+                       check=True, capture_output=True)  # fmt: skip
+        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_owner, postgres_tool("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_server(postgres_uri, tmp_path_factory):
+    """`mlflow server` with PostgreSQL as backend store and a local directory as proxied artifact store."""
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    with tracking_server(postgres_uri, artifacts) as url:
+        yield url, artifacts
+
+
+def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_server):
+    url, artifacts = shared_server
+    repo = copy_of_repository(tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["subset"], params["train"]["max_epochs"] = 2000, 2
+    params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = dict(os.environ, PATH=f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRACKING_URI=url)
+    env.pop("MLFLOW_RUN_ID", None)
+    result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()  # nothing local
+
+    client = mlflow.MlflowClient(tracking_uri=url)
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"mlp-256-64", "mlp-256-64-bn", "evaluate"}
+    for variant in ("mlp-256-64", "mlp-256-64-bn"):
+        run = runs[variant]
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+        assert {"weights.png", "curves.png", "model_summary.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        version = client.get_model_version_by_alias("mnist-mlp", variant)
+        assert version.run_id == run.info.run_id
+    table = pd.read_csv(repo / "reports/comparison.csv")
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == table["variant"][0]
+    assert len(client.search_model_versions("name = 'mnist-mlp'")) == 2
+    assert any(artifacts.rglob("weights.png"))  # the artifacts went through the server to its store
+    assert any(artifacts.rglob("MLmodel"))  # and so did the logged models
+
+
+def quick_two_variant_copy(tmp_path: Path) -> Path:
+    repo = copy_of_repository(tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["subset"], params["train"]["max_epochs"] = 2000, 1
+    params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "quick"], cwd=repo, check=True)
+    return repo
+
+
+def user_env(**extra) -> dict:
+    env = dict(os.environ, PATH=f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}", **extra)
+    for name in ("MLFLOW_RUN_ID", *(() if "MLFLOW_TRACKING_URI" in extra else ("MLFLOW_TRACKING_URI",))):
+        env.pop(name, None)
+    return env
+
+
+def test_a_temporary_dvc_workspace_refuses_the_embedded_store(tmp_path):
+    repo = quick_two_variant_copy(tmp_path)
+    result = subprocess.run(["dvc", "exp", "run", "--temp"], cwd=repo, env=user_env(), capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "MLFLOW_TRACKING_URI: this stage runs in a temporary DVC workspace" in result.stdout + result.stderr
+
+
+def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shared_server):
+    url, _ = shared_server
+    repo = quick_two_variant_copy(tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=url)
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    before = {run.info.run_id for run in client.search_runs([experiment.experiment_id])} if experiment else set()
+
+    env = user_env(MLFLOW_TRACKING_URI=url)
+    for seed in (1, 2):
+        subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], cwd=repo, env=env, check=True, capture_output=True)
+    started = time.monotonic()
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True, capture_output=True)
+    while "Queued" in (status := subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout) or "Running" in status:
+        assert time.monotonic() - started < 600, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    new = [run for run in client.search_runs([experiment.experiment_id]) if run.info.run_id not in before]
+    names = sorted(run.info.run_name for run in new)
+    assert names == ["evaluate", "evaluate", "mlp-256-64", "mlp-256-64", "mlp-256-64-bn", "mlp-256-64-bn"]
+    assert {run.info.status for run in new} == {"FINISHED"}
+    seeds = sorted((run.info.run_name, run.data.params["seed"]) for run in new if run.info.run_name != "evaluate")
+    assert seeds == [("mlp-256-64", "1"), ("mlp-256-64", "2"), ("mlp-256-64-bn", "1"), ("mlp-256-64-bn", "2")]
+
+
+def test_data_travel_to_a_teammate_through_a_dvc_remote(tmp_path):
+    repo = quick_two_variant_copy(tmp_path / "mine")
+    env = user_env()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+
+    def run(*command, cwd):
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    run("dvc", "repro", "preprocess", cwd=repo)
+    run("dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"), cwd=repo)
+    run("dvc", "push", cwd=repo)
+    run(*git, "add", "-A", cwd=repo)
+    run(*git, "commit", "-qm", "data", cwd=repo)
+
+    teammate = tmp_path / "theirs"
+    run("git", "clone", "-q", str(repo), str(teammate), cwd=tmp_path)
+    run("dvc", "pull", "--with-deps", "preprocess", cwd=teammate)  # what was pushed: data, no models yet
+    for name in ("data/raw/mnist.npz", "data/processed/train.npz", "data/processed/test.npz"):
+        assert (teammate / name).read_bytes() == (repo / name).read_bytes()
+    assert "Data and pipelines are up to date" in run("dvc", "repro", "preprocess", cwd=teammate)
