@@ -80,6 +80,8 @@ class TrainParams(FitSettings):
     # How fast, not what: see README "Training speed" for what each is worth here.
     steps_per_execution: PositiveInt
     validation_batch_size: PositiveInt
+    # none: one device; mirrored: every GPU of this host; multi_worker: the hosts in TF_CONFIG.
+    strategy: Literal["none", "mirrored", "multi_worker"]
 
 
 class VariantSpec(FitSettings):

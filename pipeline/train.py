@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from pipeline import plots, tracking
 from pipeline.atomic import atomic_path, atomic_write, stop_on_sigterm
@@ -41,6 +43,7 @@ def used_params(params: Params, variant: str) -> dict:
         **params.variants[variant].model_dump(),
         "variant": variant,
         "train.max_epochs": params.train.max_epochs,
+        "train.strategy": params.train.strategy,
         **{f"data.{key}": value for key, value in params.data.model_dump().items()},
     }
 
@@ -54,6 +57,17 @@ def model_summary(model: keras.Model) -> str:
     lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     return "\n".join(lines)
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """TensorFlow's own strategies: `spec.batch_size` stays the global batch, split across replicas."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()  # every GPU here; the CPU alone when there is none
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ParamsError("train.strategy: multi_worker needs TF_CONFIG naming the workers (README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()  # the default: one device
 
 
 def fit(model: keras.Model, params: Params, variant: str, train_data, validation_data, callbacks, verbose=2):
@@ -75,7 +89,9 @@ def train(params: Params, variant: str, processed_dir: Path = PROCESSED_DIR) -> 
     x_val, y_val = load_split("validation", processed_dir)
 
     keras.utils.set_random_seed(spec.seed)  # shuffling; the layers carry their own seeds
-    model = build_model(spec, params.train.steps_per_execution)
+    strategy = distribution_strategy(params.train.strategy)
+    with strategy.scope():  # variables on every replica; batches split between them
+        model = build_model(spec, params.train.steps_per_execution)
 
     used = used_params(params, variant)
     tags = {"dvc_stage": f"train@{variant}", "params_hash": tracking.params_hash(used)}

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline import tracking
+from pipeline.config import ParamsError
 from pipeline.evaluate import evaluate
 from pipeline.preprocess import load_split
 from pipeline.train import train
@@ -115,3 +116,19 @@ def test_evaluate_picks_by_validation_and_restores_a_lost_store(workspace, tmp_p
     # Run again against the now complete store: nothing is registered twice.
     evaluate(params)
     assert len(client.search_model_versions("name = 'mnist-mlp'")) == 2
+
+
+def test_the_mirrored_strategy_trains_on_the_cpu(workspace, tmp_path):
+    params = workspace.model_copy(update={"train": workspace.train.model_copy(update={"strategy": "mirrored"})})
+    metrics = train(params, "mlp-256-64")
+    assert metrics["epochs"] == 2 and metrics["val_accuracy"] > 0.5
+    (run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list")
+    assert run.data.params["train.strategy"] == "mirrored"
+
+
+def test_multi_worker_without_tf_config_is_refused_before_training(workspace, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    params = workspace.model_copy(update={"train": workspace.train.model_copy(update={"strategy": "multi_worker"})})
+    with pytest.raises(ParamsError, match="train.strategy: multi_worker needs TF_CONFIG"):
+        train(params, "mlp-256-64")
+    assert mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list") == []
