@@ -23,8 +23,10 @@ import numpy as np
 from pipeline.config import ParamsError
 from pipeline.serving import SIGNATURE
 
-# Stage output goes to DVC's log, not a terminal: no artifact progress bars in it.
+# Stage output goes to DVC's log, not a terminal: no artifact progress bars in it, and not
+# MLflow's "View run at" links, which repeat the tracking URI, credentials included.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 EXPERIMENT = "mnist-mlp"
 REGISTERED_MODEL = "mnist-mlp"

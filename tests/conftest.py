@@ -69,12 +69,18 @@ def copy_of_repository(destination: Path) -> Path:
     return destination
 
 
+def user_env(**settings: str) -> dict[str, str]:
+    """A user's shell in this environment: its dvc and mlflow on PATH, MLflow's default store
+    (the working copy's own mlflow.db) unless `settings` name another."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        env.pop(name, None)
+    return {**env, **settings}
+
+
 def run_in(cwd: Path, *command: str) -> str:
     """Run one of this environment's commands (dvc, mlflow) in cwd as a user would; return its stdout."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):  # the copy's own default store
-        env.pop(name, None)
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, env=user_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

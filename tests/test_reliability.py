@@ -17,17 +17,7 @@ import yaml
 
 from pipeline.download import describe, without_credentials
 
-from conftest import REPO_ROOT, copy_of_repository, dvc, run_in
-
-ENV_BIN = str(Path(sys.executable).parent)
-
-
-def user_env() -> dict:
-    env = dict(os.environ, PATH=f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
-        env.pop(name, None)
-    return env
-
+from conftest import REPO_ROOT, copy_of_repository, dvc, run_in, user_env
 
 def outputs_in(directory: Path) -> list[str]:
     """What a stage left in an output directory (DVC's own .gitignore aside)."""

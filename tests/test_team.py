@@ -4,7 +4,6 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,9 +15,8 @@ import yaml
 
 from pipeline.server import free_port, tracking_server
 
-from conftest import copy_of_repository
+from conftest import copy_of_repository, user_env
 
-ENV_BIN = Path(sys.executable).parent
 
 
 def postgres_tool(name: str) -> str:
@@ -66,10 +64,12 @@ def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_serv
     params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = dict(os.environ, PATH=f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRACKING_URI=url)
-    env.pop("MLFLOW_RUN_ID", None)
+    # A teammate's URI with credentials in it (the server here ignores them): never shown or stored.
+    with_credentials = url.replace("http://", "http://teammate:s3cret-pw@")
+    env = user_env(MLFLOW_TRACKING_URI=with_credentials)
     result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
     assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()  # nothing local
 
     client = mlflow.MlflowClient(tracking_uri=url)
@@ -83,6 +83,7 @@ def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_serv
         assert {"weights.png", "curves.png", "model_summary.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
         version = client.get_model_version_by_alias("mnist-mlp", variant)
         assert version.run_id == run.info.run_id
+        assert "s3cret-pw" not in repr(run.data.params) + repr(run.data.tags) + repr(version.tags)
     table = pd.read_csv(repo / "reports/comparison.csv")
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == table["variant"][0]
     assert len(client.search_model_versions("name = 'mnist-mlp'")) == 2
@@ -98,13 +99,6 @@ def quick_two_variant_copy(tmp_path: Path) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "quick"], cwd=repo, check=True)
     return repo
-
-
-def user_env(**extra) -> dict:
-    env = dict(os.environ, PATH=f"{ENV_BIN}{os.pathsep}{os.environ['PATH']}", **extra)
-    for name in ("MLFLOW_RUN_ID", *(() if "MLFLOW_TRACKING_URI" in extra else ("MLFLOW_TRACKING_URI",))):
-        env.pop(name, None)
-    return env
 
 
 def test_a_temporary_dvc_workspace_refuses_the_embedded_store(tmp_path):
