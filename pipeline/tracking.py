@@ -126,10 +126,6 @@ def log_metrics(metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics)
 
 
-def log_figure(figure, artifact_file: str) -> None:
-    mlflow.log_figure(figure, artifact_file)
-
-
 def log_text(text: str, artifact_file: str) -> None:
     mlflow.log_text(text, artifact_file)
 
