@@ -54,15 +54,13 @@ def comparison_table(params: Params, x_test, y_test) -> pd.DataFrame:
 
 def register_missing(params: Params, x_example) -> dict[str, int]:
     """Each variant's registered version; what the MLflow store lost is logged again from DVC's files."""
-    versions = {}
-    for variant in params.variants:
-        version = tracking.registered_version(variant, model_path(variant))
+    versions = tracking.registered_versions({variant: model_path(variant) for variant in params.variants})
+    for variant, version in versions.items():
         if version is None:
             print(f"evaluate: {variant} is not in the MLflow registry with this model and serving code; "
                   f"registering it from {model_path(variant)}")  # fmt: skip
             with tracking.run(variant, {"dvc_stage": f"train@{variant}", "registered_by": "evaluate"}):
-                version = tracking.log_and_register_model(model_path(variant), variant, x_example)
-        versions[variant] = version
+                versions[variant] = tracking.log_and_register_model(model_path(variant), variant, x_example)
     return versions
 
 

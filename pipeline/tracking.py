@@ -170,15 +170,20 @@ def log_and_register_model(model_file: Path, variant: str, example: np.ndarray) 
     return version
 
 
-def registered_version(variant: str, model_file: Path) -> int | None:
-    """The registered version holding exactly this model file and serving code, with `@variant` on it."""
+def registered_versions(model_files: dict[str, Path]) -> dict[str, int | None]:
+    """Per variant, the registered version holding exactly its model file and today's serving
+    code (its `@variant` alias is pointed there), or None. One listing of the registry for all."""
     client = mlflow.MlflowClient()
-    wanted = {"variant": variant, "model_md5": file_md5(model_file), "serving_code_md5": serving_code_md5()}
-    for version in client.search_model_versions(f"name = '{REGISTERED_MODEL}'"):
-        if all(version.tags.get(key) == value for key, value in wanted.items()):
-            client.set_registered_model_alias(REGISTERED_MODEL, variant, version.version)
-            return int(version.version)
-    return None
+    code = serving_code_md5()
+    by_content = {
+        (v.tags.get("variant"), v.tags.get("model_md5"), v.tags.get("serving_code_md5")): int(v.version)
+        for v in client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    }
+    found = {variant: by_content.get((variant, file_md5(path), code)) for variant, path in model_files.items()}
+    for variant, version in found.items():
+        if version is not None:
+            client.set_registered_model_alias(REGISTERED_MODEL, variant, str(version))
+    return found
 
 
 def set_champion(version: int, variant: str) -> None:
