@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -63,10 +62,6 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     """TensorFlow's own strategies: `spec.batch_size` stays the global batch, split across replicas."""
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()  # every GPU here; the CPU alone when there is none
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ParamsError("train.strategy: multi_worker needs TF_CONFIG naming the workers (README)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()  # the default: one device
 
 
