@@ -125,11 +125,11 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
             x, y, batch_size=spec.batch_size, epochs=epochs, validation_data=validation,
             validation_batch_size=params.train.validation_batch_size if step >= 3 else None,
             callbacks=[EpochClock()], verbose=0,
-        )  # fmt: skip
+        ).history  # fmt: skip
     return {
         "steady_epochs": epoch_seconds[1:] or epoch_seconds,
         "first_epoch": epoch_seconds[0],
-        "val_accuracy": history.history["val_accuracy"][-1],
+        "val_accuracy": history["val_accuracy"][-1],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "logging_ms": [1000 * seconds for seconds in logging_seconds],
         "train_images": len(x),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 # Stages run from the repository root (as DVC runs them), so paths are relative to it.
 PARAMS_FILE = Path("params.yaml")
@@ -80,20 +80,8 @@ class TrainParams(FitSettings):
     # How fast, not what: see README "Training speed" for what each is worth here.
     steps_per_execution: PositiveInt
     validation_batch_size: PositiveInt
-    # none: one device; mirrored: every GPU of this host; multi_worker: the hosts in TF_CONFIG,
-    # refused until Keras' fit can train with it (README "Several GPUs, several hosts").
+    # none: one device; mirrored: every GPU of this host; multi_worker: the hosts in TF_CONFIG.
     strategy: Literal["none", "mirrored", "multi_worker"]
-
-    @field_validator("strategy")
-    @classmethod
-    def _multi_worker_waits_for_keras(cls, strategy: str) -> str:
-        if strategy == "multi_worker":
-            raise ValueError(
-                "multi_worker is not available: Keras 3.15's fit fails under MultiWorkerMirroredStrategy "
-                "(keras-team/keras#20585; README \"Several GPUs, several hosts\"); "
-                "mirrored trains on several GPUs of one host"
-            )
-        return strategy
 
 
 class VariantSpec(FitSettings):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline import plots, tracking
+from pipeline import multi_worker, plots, tracking
 from pipeline.atomic import atomic_path, atomic_write, stop_on_sigterm
 from pipeline.config import HISTORY_DIR, MODELS_DIR, PROCESSED_DIR, TRAIN_REPORTS_DIR, Params, ParamsError, load_params
 from pipeline.download import DataError
@@ -62,31 +62,46 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     """TensorFlow's own strategies: `spec.batch_size` stays the global batch, split across replicas."""
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()  # every GPU here; the CPU alone when there is none
+    if name == "multi_worker":
+        return multi_worker.strategy()  # the hosts in TF_CONFIG
     return tf.distribute.get_strategy()  # the default: one device
 
 
-def fit(model: keras.Model, params: Params, variant: str, train_data, validation_data, callbacks, verbose=2):
-    """Keras' fit with the variant's batch size and epochs, validating after every epoch."""
+def fit(model: keras.Model, params: Params, variant: str, train_data, validation_data, callbacks, verbose=2) -> dict[str, list[float]]:
+    """Keras' fit with the variant's batch size and epochs, validating after every epoch: the history.
+
+    Under multi_worker, tf.distribute's own loop: Keras' fit cannot train there yet.
+    """
+    spec = params.variants[variant]
+    if params.train.strategy == "multi_worker":
+        return multi_worker.fit(
+            model, model.distribute_strategy, train_data, validation_data,
+            spec.batch_size, params.train.validation_batch_size, params.epochs(variant), spec.seed, callbacks,
+        )  # fmt: skip
     x_train, y_train = train_data
     return model.fit(
         x_train, y_train,
-        batch_size=params.variants[variant].batch_size, epochs=params.epochs(variant),
+        batch_size=spec.batch_size, epochs=params.epochs(variant),
         validation_data=validation_data, validation_batch_size=params.train.validation_batch_size,
         callbacks=callbacks,
         verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
-    )  # fmt: skip
+    ).history  # fmt: skip
 
 
 def train(params: Params, variant: str, processed_dir: Path = PROCESSED_DIR) -> dict:
+    strategy = distribution_strategy(params.train.strategy)  # first: multi_worker's precedes any TF op
     spec = params.variants[variant]
     epochs = params.epochs(variant)
     x_train, y_train = load_split("train", processed_dir)
     x_val, y_val = load_split("validation", processed_dir)
 
     keras.utils.set_random_seed(spec.seed)  # shuffling; the layers carry their own seeds
-    strategy = distribution_strategy(params.train.strategy)
     with strategy.scope():  # variables on every replica; batches split between them
         model = build_model(spec, params.train.steps_per_execution)
+    if not multi_worker.is_chief(strategy):  # a worker of several: it trains, the chief logs and writes
+        history = fit(model, params, variant, (x_train, y_train), (x_val, y_val), [])
+        print(f"train@{variant}: worker done, val_accuracy {history['val_accuracy'][-1]:.4f}; the chief logs and saves")
+        return {"val_accuracy": history["val_accuracy"][-1]}
 
     used = used_params(params, variant)
     tags = {"dvc_stage": f"train@{variant}", "params_hash": tracking.params_hash(used)}
@@ -103,7 +118,7 @@ def train(params: Params, variant: str, processed_dir: Path = PROCESSED_DIR) -> 
         history = fit(model, params, variant, (x_train, y_train), (x_val, y_val), [tracking.EpochMetrics()])
         train_seconds = time.perf_counter() - started
 
-        curves = pd.DataFrame(history.history)[["loss", "accuracy", "val_loss", "val_accuracy"]]
+        curves = pd.DataFrame(history)[["loss", "accuracy", "val_loss", "val_accuracy"]]
         curves.insert(0, "epoch", range(1, len(curves) + 1))
         final = curves.iloc[-1]
         metrics = {

@@ -142,11 +142,3 @@ def test_a_variant_name_that_would_break_dvc_or_mlflow_is_refused(name):
     raw["variants"][name] = raw["variants"].pop("mlp-256-64")
     with pytest.raises(ParamsError, match=f"variants.{name}"):
         parse_params(raw)
-
-
-def test_multi_worker_is_refused_with_the_reason_and_the_way_that_works():
-    with pytest.raises(ParamsError) as refused:
-        parse_params(with_value("train.strategy", "multi_worker"))
-    message = str(refused.value)
-    assert "train.strategy: multi_worker is not available" in message
-    assert "keras-team/keras#20585" in message and "mirrored trains on several GPUs" in message

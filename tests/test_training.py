@@ -4,19 +4,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline import tracking
+from pipeline.config import ParamsError
 from pipeline.evaluate import evaluate
 from pipeline.preprocess import load_split
 from pipeline.server import free_port
 from pipeline.train import train
 
-from conftest import small_workspace
+from conftest import REPO_ROOT, small_workspace, user_env
 
 VARIANT = "mlp-256-64-bn"
 
@@ -129,8 +132,53 @@ def test_the_mirrored_strategy_trains_on_the_cpu(workspace, tmp_path):
     assert run.data.params["train.strategy"] == "mirrored"
 
 
-# Why train.strategy refuses multi_worker: two real workers on the loopback, Keras' own fit.
-# When a Keras upgrade makes this pass, lift the refusal in pipeline/config.py.
+def test_multi_worker_without_tf_config_is_refused_before_training(workspace, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    params = workspace.model_copy(update={"train": workspace.train.model_copy(update={"strategy": "multi_worker"})})
+    with pytest.raises(ParamsError, match="train.strategy: multi_worker needs TF_CONFIG"):
+        train(params, "mlp-256-64")
+    assert mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list") == []
+
+
+def two_workers(command: list[str], cwd: Path, env: dict[str, str]) -> list[tuple[int, str, str]]:
+    """Run command as workers 0 and 1 of a cluster on the loopback; their exit codes and output."""
+    ports = [free_port(), free_port()]
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
+        worker_env = {**env, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""}
+        workers.append(subprocess.Popen(command, cwd=cwd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outcomes = [worker.communicate(timeout=300) for worker in workers]
+    return [(worker.returncode, out, err) for worker, (out, err) in zip(workers, outcomes)]
+
+
+def test_two_workers_train_one_variant_and_only_the_chief_logs_and_writes(tmp_path, default_params, canonical_npz):
+    small_workspace(tmp_path, default_params, canonical_npz, subset=600, max_epochs=2)
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["data"]["subset"], raw["train"]["max_epochs"], raw["train"]["strategy"] = 600, 2, "multi_worker"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = user_env(PYTHONPATH=str(REPO_ROOT))  # MLflow's default store: the chief's ./mlflow.db
+
+    (chief_code, chief_out, chief_err), (worker_code, worker_out, worker_err) = two_workers(
+        [sys.executable, "-m", "pipeline.train", "mlp-256-64"], tmp_path, env
+    )
+    assert chief_code == 0, chief_err[-3000:]
+    assert worker_code == 0, worker_err[-3000:]
+    assert "registered version 1" in chief_out and "worker done" in worker_out
+    # One model trained by both: the worker's last validation is the chief's.
+    chief_val = json.loads((tmp_path / "reports/train/mlp-256-64/metrics.json").read_text())["val_accuracy"]
+    assert f"val_accuracy {chief_val:.4f}" in worker_out and chief_val > 0.5
+    assert (tmp_path / "models/mlp-256-64.keras").is_file()
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list")  # the chief's alone
+    assert run.data.params["train.strategy"] == "multi_worker"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
+    assert [metric.step for metric in history] == [1, 2]
+    assert history[-1].value == pytest.approx(chief_val)
+
+
+# Why multi_worker has its own loop: two real workers on the loopback, Keras' own fit.
 TWO_WORKER_FIT = """
 import sys
 import numpy as np
@@ -150,13 +198,6 @@ print("fit trained")
 
 
 def test_keras_fit_still_cannot_train_with_two_workers(tmp_path):
-    ports = [free_port(), free_port()]
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""}
-        workers.append(subprocess.Popen([sys.executable, "-c", TWO_WORKER_FIT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outcomes = [worker.communicate(timeout=120) for worker in workers]
-    for worker, (out, err) in zip(workers, outcomes):
-        assert "fit trained" not in out, "Keras' fit now trains with MultiWorkerMirroredStrategy: lift the refusal"
-        assert worker.returncode != 0 and "fit failed: Attempt to convert a value (PerReplica" in err, err[-2000:]
+    for code, out, err in two_workers([sys.executable, "-c", TWO_WORKER_FIT], tmp_path, dict(os.environ)):
+        assert "fit trained" not in out, "Keras' fit now trains with MultiWorkerMirroredStrategy: pipeline/multi_worker.py can go"
+        assert code != 0 and "fit failed: Attempt to convert a value (PerReplica" in err, err[-2000:]
