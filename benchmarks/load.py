@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from pipeline.server import scoring_server
+from tests.servers import scoring_server
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -102,7 +102,7 @@ def main() -> None:
 
     import mlflow
 
-    from pipeline.config import RAW_NPZ
+    from pipeline.paths import RAW_NPZ
 
     with np.load(RAW_NPZ) as raw:
         images = raw["x_test"].reshape(-1, 784)
@@ -113,10 +113,10 @@ def main() -> None:
     with contextlib.nullcontext(args.url) if args.url else scoring_server(args.model) as url:
         result = load_test(url, images, expected, args.requests, args.concurrency, args.seconds)
     print(f"{args.requests} requests, concurrency {args.concurrency}, {result['wall_seconds']:.1f} s, "
-          f"{result['requests_per_second']:.0f} requests/s")  # fmt: skip
+          f"{result['requests_per_second']:.0f} requests/s")
     print("outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(result["counts"].items())))
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p90 {result['p90_ms']:.1f}  "
-          f"p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")  # fmt: skip
+          f"p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from pipeline.config import RAW_NPZ
-from pipeline.server import scoring_server
+from pipeline.paths import RAW_NPZ
+from tests.servers import scoring_server
 
 
 def post(connection: http.client.HTTPConnection, images: np.ndarray) -> dict:
@@ -48,7 +48,7 @@ def measure(url: str, images: np.ndarray, labels: np.ndarray, single: int, batch
     ms = np.array(latencies) * 1000
     print(f"single image, {single} sequential requests:")
     print(f"  p50 {np.percentile(ms, 50):.1f} ms   p99 {np.percentile(ms, 99):.1f} ms   "
-          f"mean {statistics.fmean(ms):.1f} ms   ({single / sum(latencies):.0f} requests/s)")  # fmt: skip
+          f"mean {statistics.fmean(ms):.1f} ms   ({single / sum(latencies):.0f} requests/s)")
     print(f"  accuracy {correct / single:.4f}")
 
     started, correct = time.perf_counter(), 0
@@ -60,7 +60,7 @@ def measure(url: str, images: np.ndarray, labels: np.ndarray, single: int, batch
     total = batches * batch_size
     print(f"batches of {batch_size}, {batches} sequential requests:")
     print(f"  {total / seconds:.0f} images/s   {seconds / batches * 1000:.0f} ms per request   "
-          f"accuracy {correct / total:.4f}")  # fmt: skip
+          f"accuracy {correct / total:.4f}")
 
 
 def main() -> None:

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +51,14 @@ def dense_flops(hidden_layers: list[int], train_images: int, validation_images: 
     forward = 2 * sum(products)
     train = forward + 2 * sum(products) + 2 * sum(products[1:])  # + weight grads + input grads
     return train * train_images + forward * validation_images
+
+
+def cpu_model() -> str:
+    """The machine every absolute figure belongs to."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
 
 
 def sgemm_peak() -> float:
@@ -75,9 +86,10 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
 
     from pipeline import tracking
     from pipeline.config import load_params
+    from pipeline.data import load_split
     from pipeline.model import build_model
-    from pipeline.preprocess import load_split
-    from pipeline.train import fit
+    from pipeline.paths import split_path
+    from pipeline.training import fit
 
     base = load_params()
     spec = base.variants[variant].model_copy(update={"seed": seed})
@@ -87,7 +99,7 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
             "variants": {**base.variants, variant: spec},
         }
     )
-    (x, y), validation = load_split("train"), load_split("validation")
+    (x, y), validation = load_split(split_path("train")), load_split(split_path("validation"))
     step = list(CONFIGURATIONS).index(name)
     if step == 0:
         x = np.rint(x * 255) / 255  # the notebook's float64 arrays: the same images, X / 255
@@ -111,7 +123,7 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
 
     keras.utils.set_random_seed(spec.seed)
     if name == "project":
-        model = build_model(spec, params.train.steps_per_execution)
+        model = build_model(spec, params.speed.steps_per_execution)
         with tempfile.TemporaryDirectory() as store:
             import mlflow
 
@@ -120,12 +132,17 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
                 history = fit(model, params, variant, (x, y), validation, [TimedEpochMetrics(), EpochClock()], 0)
     else:
         xla = spec.jit_compile if step >= 4 else False  # what Keras' default "auto" means on a CPU-only machine
-        model = build_model(spec.model_copy(update={"jit_compile": xla}), params.train.steps_per_execution if step >= 2 else 1)
+        model = build_model(spec.model_copy(update={"jit_compile": xla}), params.speed.steps_per_execution if step >= 2 else 1)
         history = model.fit(
-            x, y, batch_size=spec.batch_size, epochs=epochs, validation_data=validation,
-            validation_batch_size=params.train.validation_batch_size if step >= 3 else None,
-            callbacks=[EpochClock()], verbose=0,
-        ).history  # fmt: skip
+            x,
+            y,
+            batch_size=spec.batch_size,
+            epochs=epochs,
+            validation_data=validation,
+            validation_batch_size=params.speed.validation_batch_size if step >= 3 else None,
+            callbacks=[EpochClock()],
+            verbose=0,
+        ).history
     return {
         "steady_epochs": epoch_seconds[1:] or epoch_seconds,
         "first_epoch": epoch_seconds[0],
@@ -145,8 +162,9 @@ def fused_ceiling(variant: str, calls: int = 12) -> dict:
     import tensorflow as tf
 
     from pipeline.config import load_params
+    from pipeline.data import load_split
     from pipeline.model import build_model
-    from pipeline.preprocess import load_split
+    from pipeline.paths import split_path
 
     spec = load_params().variants[variant]
     model = build_model(spec)
@@ -154,7 +172,7 @@ def fused_ceiling(variant: str, calls: int = 12) -> dict:
     optimizer.build(model.trainable_variables)
     loss = keras.losses.CategoricalCrossentropy()
     steps, batch = 64, spec.batch_size
-    x, y = load_split("train")
+    x, y = load_split(split_path("train"))
     xs = tf.constant(x[: steps * batch].reshape(steps, batch, -1))
     ys = tf.constant(y[: steps * batch].reshape(steps, batch, -1))
 
@@ -206,6 +224,7 @@ def main() -> None:
         ceilings.append(child("ceiling", args.variant, args.epochs, seed))
     peak = max(peak, sgemm_peak())
 
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
     print(f"float32 matrix-multiply peak (TensorFlow): {peak / 1e9:.0f} GFLOP/s")
     print(f"{args.variant}, {args.epochs} epochs per configuration, {args.rounds} rounds (seeds 0-{args.rounds - 1})\n")
     print(

@@ -12,17 +12,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-# Stages run from the repository root (as DVC runs them), so paths are relative to it.
-PARAMS_FILE = Path("params.yaml")
-RAW_NPZ = Path("data/raw/mnist.npz")
-RAW_INFO = Path("data/raw/mnist.json")
-PROCESSED_DIR = Path("data/processed")
-MODELS_DIR = Path("models")
-TRAIN_REPORTS_DIR = Path("reports/train")
-HISTORY_DIR = Path("reports/history")
-REPORTS_DIR = Path("reports")
-
-MNIST_TRAIN_SIZE = 60_000
+from pipeline.data import TRAIN_IMAGES
+from pipeline.errors import ParamsError
+from pipeline.paths import PARAMS_FILE
 
 DataSource = Literal["url", "wheel", "file"]
 
@@ -40,7 +32,7 @@ class DownloadParams(_Section):
 
 
 class DataParams(_Section):
-    subset: int = Field(ge=0, le=MNIST_TRAIN_SIZE)
+    subset: int = Field(ge=0, le=TRAIN_IMAGES)
     test_size: float = Field(gt=0, lt=1)
     random_state: int = Field(ge=0)
 
@@ -72,16 +64,21 @@ class FitSettings(_Section):
     batch_size: PositiveInt
     epochs: PositiveInt
     seed: int = Field(ge=0)
-    jit_compile: bool  # XLA: faster for most variants, ten times slower with Dropout on a CPU
+    # XLA sums in another order than TensorFlow's kernels, so it belongs to what is learned.
+    jit_compile: bool
 
 
 class TrainParams(FitSettings):
     max_epochs: int = Field(ge=0)  # caps every variant's epochs; 0 = no cap
-    # How fast, not what: see README "Training speed" for what each is worth here.
-    steps_per_execution: PositiveInt
-    validation_batch_size: PositiveInt
     # none: one device; mirrored: every GPU of this host; multi_worker: the hosts in TF_CONFIG.
     strategy: Literal["none", "mirrored", "multi_worker"]
+
+
+class SpeedParams(_Section):
+    """How fast training runs, never what it learns: no stage lists this section in dvc.yaml."""
+
+    steps_per_execution: PositiveInt
+    validation_batch_size: PositiveInt
 
 
 class VariantSpec(FitSettings):
@@ -103,6 +100,7 @@ class Params(_Section):
     download: DownloadParams
     data: DataParams
     train: TrainParams
+    speed: SpeedParams
     variants: dict[VariantName, VariantSpec] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -123,10 +121,6 @@ class Params(_Section):
         """The epochs variant will train for: its own, capped by train.max_epochs."""
         epochs = self.variants[variant].epochs
         return min(epochs, self.train.max_epochs) if self.train.max_epochs else epochs
-
-
-class ParamsError(ValueError):
-    """params.yaml holds a value the pipeline cannot use."""
 
 
 def _describe(error: dict) -> str:

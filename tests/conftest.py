@@ -56,7 +56,7 @@ def copy_of_repository(destination: Path) -> Path:
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
+    ).stdout.split("\0")
     for name in filter(None, listed):
         source = REPO_ROOT / name
         if source.is_file():

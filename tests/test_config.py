@@ -4,7 +4,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, load_params, parse_params
+from pipeline.config import load_params, parse_params
+from pipeline.errors import ParamsError
 
 from conftest import REPO_ROOT
 
@@ -96,7 +97,7 @@ def test_a_stage_stops_before_any_work_on_bad_params(stage, tmp_path):
         [sys.executable, "-m", f"pipeline.{stage}"],
         cwd=tmp_path, capture_output=True, text=True,
         env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     assert "data.subset: Input should be greater than or equal to 0 (got -5)" in result.stderr
     assert "Traceback" not in result.stderr

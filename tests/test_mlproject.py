@@ -19,7 +19,7 @@ def test_mlflow_run_makes_the_stage_run_a_child_of_its_own(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
     run_in(repo, "mlflow", "run", ".", "-e", "train", "-P", "variant=mlp-256-64",
-           "--env-manager", "local", "--experiment-name", "mnist-mlp")  # fmt: skip
+           "--env-manager", "local", "--experiment-name", "mnist-mlp")
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist-mlp")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.download import DataError
-from pipeline.preprocess import load_split, one_hot, preprocess, save_split, to_features
+from pipeline.data import DataError, load_split, to_features
+from pipeline.preprocess import one_hot, preprocess, save_split
 
 
 def test_features_are_flat_float32_in_unit_range():
@@ -51,9 +51,9 @@ def run(default_params, canonical_npz, out, **data):
 def test_a_subset_is_split_and_the_test_set_stays_whole(default_params, canonical_npz, canonical_arrays, tmp_path):
     sizes = run(default_params, canonical_npz, tmp_path, subset=1000)
     assert sizes == {"train": 825, "validation": 175, "test": 10_000}
-    x_train, y_train = load_split("train", tmp_path)
-    x_val, _ = load_split("validation", tmp_path)
-    x_test, y_test = load_split("test", tmp_path)
+    x_train, y_train = load_split(tmp_path / "train.npz")
+    x_val, _ = load_split(tmp_path / "validation.npz")
+    x_test, y_test = load_split(tmp_path / "test.npz")
     assert x_train.dtype == np.float32 and y_train.shape == (825, 10)
     # train + validation are exactly the first 1000 images, reordered.
     first = to_features(canonical_arrays["x_train"][:1000])
@@ -66,7 +66,7 @@ def test_a_subset_is_split_and_the_test_set_stays_whole(default_params, canonica
 def test_the_split_follows_random_state(default_params, canonical_npz, tmp_path):
     for name, state in [("a", 0), ("b", 0), ("c", 1)]:
         run(default_params, canonical_npz, tmp_path / name, subset=500, random_state=state)
-    a, b, c = (load_split("validation", tmp_path / name)[0] for name in "abc")
+    a, b, c = (load_split(tmp_path / name / "validation.npz")[0] for name in "abc")
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -74,10 +74,10 @@ def test_the_split_follows_random_state(default_params, canonical_npz, tmp_path)
 def test_a_processed_file_of_the_wrong_shape_is_refused(tmp_path):
     save_split("train", np.zeros((5, 783), np.float32), np.zeros((5, 10), np.float32), tmp_path)
     with pytest.raises(DataError, match="should hold x: float32"):
-        load_split("train", tmp_path)
+        load_split(tmp_path / "train.npz")
     save_split("train", np.zeros((5, 784)), np.zeros((5, 10), np.float32), tmp_path)
     with pytest.raises(DataError, match="float64"):
-        load_split("train", tmp_path)
+        load_split(tmp_path / "train.npz")
 
 
 def test_raw_data_that_is_not_canonical_is_never_preprocessed(default_params, canonical_arrays, tmp_path):

@@ -77,7 +77,7 @@ def test_an_interrupted_download_leaves_nothing_and_the_rerun_completes(tmp_path
     # ignored: give the stage the terminal's default, as a user's Ctrl-C would find it.
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.download"], cwd=repo, env=user_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(3)  # mid-transfer
     stage.send_signal(stop)
     _, stderr = stage.communicate(timeout=30)
@@ -131,7 +131,7 @@ def test_interrupted_training_is_killed_cleanly_and_the_next_repro_completes(tmp
 
     # SIGTERM (what `kill` and schedulers send) to the stage mid-training.
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.train", variant], cwd=repo, env=user_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_id = wait_for_epochs(repo, variant, 3)
     stage.send_signal(signal.SIGTERM)
     assert stage.wait(timeout=60) != 0
@@ -140,7 +140,7 @@ def test_interrupted_training_is_killed_cleanly_and_the_next_repro_completes(tmp
 
     # SIGKILL to `dvc repro` and its stage together: nothing can clean up after that ...
     repro = subprocess.Popen(["dvc", "repro", f"train@{variant}"], cwd=repo, env=user_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed_id = wait_for_epochs(repo, variant, 3)
     os.killpg(repro.pid, signal.SIGKILL)
     repro.wait()

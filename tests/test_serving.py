@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from benchmarks.load import load_test
+from pipeline.paths import model_path
 from pipeline.serving import MAX_BATCH
-from pipeline.server import is_up, scoring_server
-from pipeline.train import model_path, train
+from pipeline.train import train
+from tests.servers import is_up, scoring_server
 
 from conftest import small_workspace
 
@@ -109,7 +110,7 @@ ROW = [0] * 784
     ],
     ids=["short row", "ragged", "non-numeric", "null", "above 255", "negative", "empty batch",
          "wrong key", "invalid JSON", "batch too large"],
-)  # fmt: skip
+)
 def test_a_bad_request_gets_a_4xx_that_says_what_is_wrong(served, body, says):
     url, _ = served
     status, answer = post(url, body)

@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.server import free_port, tracking_server
-
 from conftest import copy_of_repository, user_env
+from tests.servers import free_port, tracking_server
 
 
 
@@ -35,13 +34,13 @@ def postgres_uri():
         shutil.chown(home, "postgres")
     data, port = home / "data", free_port()
     subprocess.run([*as_owner, postgres_tool("initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow", "-E", "UTF8"],
-                   check=True, capture_output=True)  # fmt: skip
+                   check=True, capture_output=True)
     options = f"-h 127.0.0.1 -p {port} -k {home}"  # loopback and a private socket directory only
     subprocess.run([*as_owner, postgres_tool("pg_ctl"), "-D", str(data), "-o", options, "-l", str(home / "log"), "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
+                   check=True, capture_output=True)
     try:
         subprocess.run([*as_owner, postgres_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-                       check=True, capture_output=True)  # fmt: skip
+                       check=True, capture_output=True)
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     finally:
         subprocess.run([*as_owner, postgres_tool("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)

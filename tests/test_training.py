@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from pipeline import tracking
-from pipeline.config import ParamsError
+from pipeline.data import load_split
+from pipeline.errors import SetupError
 from pipeline.evaluate import evaluate
-from pipeline.preprocess import load_split
-from pipeline.server import free_port
 from pipeline.train import train
+from tests.servers import free_port
 
 from conftest import REPO_ROOT, small_workspace, user_env
 
@@ -68,10 +68,17 @@ def test_a_trained_variant_is_saved_and_fully_tracked(workspace, tmp_path):
 
     version = client.get_model_version_by_alias("mnist-mlp", VARIANT)
     assert int(version.version) == 1 and version.run_id == run.info.run_id
-    assert version.tags["model_md5"] == tracking.file_md5(tmp_path / f"models/{VARIANT}.keras")
+    assert version.tags["model_md5"] == tracking.model_md5(tmp_path / f"models/{VARIANT}.keras")
+
+    # Its code is the package files serving runs, its requirements what they import.
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/mnist-mlp@{VARIANT}"))
+    assert sorted(p.name for p in (model_dir / "code/pipeline").iterdir()) == sorted(tracking.SERVED_FILES)
+    requirements = (model_dir / "requirements.txt").read_text().split()
+    assert sorted(requirements) == sorted(tracking.serving_requirements())
+    assert version.tags["serving_code_md5"] == tracking.serving_code_md5()
 
     # The registered model takes raw pixels and answers digits.
-    x_val, y_val = load_split("validation", tmp_path / "data/processed")
+    x_val, y_val = load_split(tmp_path / "data/processed/validation.npz")
     served = mlflow.pyfunc.load_model(f"models:/mnist-mlp@{VARIANT}")
     answer = served.predict(np.rint(x_val[:50] * 255).astype(np.float64))
     assert list(answer.columns) == ["digit", "probabilities"]
@@ -99,7 +106,7 @@ def test_evaluate_picks_by_validation_and_restores_a_lost_store(workspace, tmp_p
     assert list(table.columns) == [
         "variant", "hidden_layers", "batch_norm", "dropout", "params", "epochs",
         "val_accuracy", "test_loss", "test_accuracy", "train_seconds",
-    ]  # fmt: skip
+    ]
     assert champion == table.loc[table["val_accuracy"].idxmax(), "variant"] == table["variant"][0]
     assert table.set_index("variant").loc["mlp-256-64-bn", "hidden_layers"] == "256-64"
     assert (tmp_path / "reports/comparison.md").read_text().startswith(f"Champion (best validation accuracy): **{champion}**")
@@ -117,7 +124,7 @@ def test_evaluate_picks_by_validation_and_restores_a_lost_store(workspace, tmp_p
     client = mlflow.MlflowClient()
     for variant in params.variants:
         version = client.get_model_version_by_alias("mnist-mlp", variant)
-        assert version.tags["model_md5"] == tracking.file_md5(tmp_path / f"models/{variant}.keras")
+        assert version.tags["model_md5"] == tracking.model_md5(tmp_path / f"models/{variant}.keras")
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
     # Run again against the now complete store: nothing is registered twice.
     evaluate(params)
@@ -135,7 +142,7 @@ def test_the_mirrored_strategy_trains_on_the_cpu(workspace, tmp_path):
 def test_multi_worker_without_tf_config_is_refused_before_training(workspace, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     params = workspace.model_copy(update={"train": workspace.train.model_copy(update={"strategy": "multi_worker"})})
-    with pytest.raises(ParamsError, match="train.strategy: multi_worker needs TF_CONFIG"):
+    with pytest.raises(SetupError, match="train.strategy: multi_worker needs TF_CONFIG"):
         train(params, "mlp-256-64")
     assert mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list") == []
 

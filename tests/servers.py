@@ -1,5 +1,6 @@
 """Real MLflow servers on loopback (`mlflow models serve`, `mlflow server`), started and stopped
-for tests and benchmarks."""
+for tests and benchmarks: `from tests.servers import scoring_server`. Not part of the package,
+so no registered model ships it."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def scoring_server(model_uri: str, env: dict[str, str] | None = None, startup_se
     command = [
         str(BIN_DIR / "mlflow"), "models", "serve", "-m", model_uri,
         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+    ]
     return running(command, f"http://127.0.0.1:{port}", "/ping", env, startup_seconds)
 
 
@@ -73,5 +74,5 @@ def tracking_server(backend_store_uri: str, artifacts_destination: Path, startup
     command = [
         str(BIN_DIR / "mlflow"), "server", "--backend-store-uri", backend_store_uri,
         "--artifacts-destination", str(artifacts_destination), "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+    ]
     return running(command, f"http://127.0.0.1:{port}", "/health", None, startup_seconds)

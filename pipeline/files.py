@@ -1,10 +1,10 @@
-"""Write files so that an interrupted stage never leaves a half-written one behind."""
+"""Files on disk: written whole or not at all, and their digests."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-import signal
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -36,13 +36,14 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
         os.fsync(tmp.fileno())
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (`kill`, a stopped job) behave as Ctrl-C: cleanup code runs, then the stage exits.
+def file_digest(*paths: Path | str, algorithm: str = "sha256") -> str:
+    """The hex digest of one file, or of several read one after another, without loading them whole.
 
-    Python's default for SIGTERM is to die on the spot, skipping every `finally`.
+    md5 of one file is the hash DVC records for it in dvc.lock.
     """
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
+    digest = hashlib.new(algorithm)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

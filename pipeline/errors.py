@@ -1,0 +1,17 @@
+"""The failures a stage expects and reports in one line (`STAGE: message`), not as a traceback."""
+
+
+class PipelineError(Exception):
+    """A known failure: its message says what is wrong and what to do."""
+
+
+class ParamsError(PipelineError, ValueError):
+    """params.yaml holds a value the pipeline cannot use."""
+
+
+class DataError(PipelineError):
+    """A data or model file is missing, unreadable, or not what the stage that writes it writes."""
+
+
+class SetupError(PipelineError):
+    """The environment cannot run what params.yaml asks: a variable unset, a store that cannot work here."""

@@ -1,0 +1,33 @@
+"""Where every stage reads and writes, relative to the repository root (where DVC runs stages).
+
+dvc.yaml names the same paths: a change here is a change there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+RAW_NPZ = Path("data/raw/mnist.npz")
+RAW_INFO = Path("data/raw/mnist.json")
+PROCESSED_DIR = Path("data/processed")
+MODELS_DIR = Path("models")
+REPORTS_DIR = Path("reports")
+TRAIN_REPORTS_DIR = REPORTS_DIR / "train"
+HISTORY_DIR = REPORTS_DIR / "history"  # one directory of histories: dvc.yaml plots it whole
+
+
+def split_path(name: str, directory: Path = PROCESSED_DIR) -> Path:
+    return Path(directory) / f"{name}.npz"
+
+
+def model_path(variant: str) -> Path:
+    return MODELS_DIR / f"{variant}.keras"
+
+
+def train_reports_dir(variant: str) -> Path:
+    return TRAIN_REPORTS_DIR / variant
+
+
+def history_path(variant: str) -> Path:
+    return HISTORY_DIR / f"{variant}.csv"
