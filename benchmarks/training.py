@@ -92,13 +92,8 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
     from pipeline.training import fit
 
     base = load_params()
-    spec = base.variants[variant].model_copy(update={"seed": seed})
-    params = base.model_copy(
-        update={
-            "train": base.train.model_copy(update={"max_epochs": epochs}),
-            "variants": {**base.variants, variant: spec},
-        }
-    )
+    spec = base.variants[variant]
+    params = base.model_copy(update={"train": base.train.model_copy(update={"max_epochs": epochs, "seeds": [seed]})})
     (x, y), validation = load_split(split_path("train")), load_split(split_path("validation"))
     step = list(CONFIGURATIONS).index(name)
     if step == 0:
@@ -121,18 +116,18 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
             super().on_epoch_end(epoch, logs)
             logging_seconds.append(time.perf_counter() - started)
 
-    keras.utils.set_random_seed(spec.seed)
+    keras.utils.set_random_seed(seed)
     if name == "project":
-        model = build_model(spec, params.speed.steps_per_execution)
+        model = build_model(spec, seed, params.speed.steps_per_execution)
         with tempfile.TemporaryDirectory() as store:
             import mlflow
 
             mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
             with tracking.run(f"benchmark-{variant}", {"benchmark": "training"}):
-                history = fit(model, params, variant, (x, y), validation, [TimedEpochMetrics(), EpochClock()], 0)
+                history = fit(model, params, variant, seed, (x, y), validation, [TimedEpochMetrics(), EpochClock()], 0)
     else:
         xla = spec.jit_compile if step >= 4 else False  # what Keras' default "auto" means on a CPU-only machine
-        model = build_model(spec.model_copy(update={"jit_compile": xla}), params.speed.steps_per_execution if step >= 2 else 1)
+        model = build_model(spec.model_copy(update={"jit_compile": xla}), seed, params.speed.steps_per_execution if step >= 2 else 1)
         history = model.fit(
             x,
             y,
@@ -167,7 +162,7 @@ def fused_ceiling(variant: str, calls: int = 12) -> dict:
     from pipeline.paths import split_path
 
     spec = load_params().variants[variant]
-    model = build_model(spec)
+    model = build_model(spec, seed=0)
     optimizer = keras.optimizers.Adam(spec.learning_rate)
     optimizer.build(model.trainable_variables)
     loss = keras.losses.CategoricalCrossentropy()

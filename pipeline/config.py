@@ -43,6 +43,8 @@ OutputInitializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_
 Initializer = Literal["random_normal", "glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
 Optimizer = Literal["adam", "sgd", "rmsprop"]
 PositiveInt = Annotated[int, Field(gt=0)]
+# A replicate's layers draw from seeds seed * 1000 + layer (model.py): this keeps them in int32.
+MAX_SEED = 1_000_000
 PositiveFloat = Annotated[float, Field(gt=0)]
 # Variant names become DVC stage names (train@NAME), param paths (variants.NAME) and
 # MLflow aliases (models:/mnist-mlp@NAME): no dots, no spaces, not an alias MLflow reserves.
@@ -63,15 +65,22 @@ class FitSettings(_Section):
     learning_rate: PositiveFloat
     batch_size: PositiveInt
     epochs: PositiveInt
-    seed: int = Field(ge=0)
     # XLA sums in another order than TensorFlow's kernels, so it belongs to what is learned.
     jit_compile: bool
 
 
 class TrainParams(FitSettings):
     max_epochs: int = Field(ge=0)  # caps every variant's epochs; 0 = no cap
+    # One replicate of every variant per seed: its initial weights, data order and dropout masks.
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1)
     # none: one device; mirrored: every GPU of this host; multi_worker: the hosts in TF_CONFIG.
     strategy: Literal["none", "mirrored", "multi_worker"]
+
+    @model_validator(mode="after")
+    def _seeds_are_distinct(self) -> "TrainParams":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (got {self.seeds})")
+        return self
 
 
 class SpeedParams(_Section):
@@ -84,7 +93,7 @@ class SpeedParams(_Section):
 class VariantSpec(FitSettings):
     """One fully resolved configuration: `train`'s settings with the variant's overrides."""
 
-    hidden_layers: list[PositiveInt] = Field(min_length=1)
+    hidden_layers: list[PositiveInt] = Field(min_length=1, max_length=100)
 
     @model_validator(mode="after")
     def _stddev_goes_with_random_normal(self) -> "VariantSpec":

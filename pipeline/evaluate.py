@@ -1,21 +1,25 @@
-"""Stage `evaluate`: every variant on the untouched test set; the table; the champion.
+"""Stage `evaluate`: every replicate and every seed ensemble on the untouched test set; the
+comparison with intervals and tests; the champion.
 
-The champion is the variant with the best *validation* accuracy: the test set only reports,
-it never chooses (the first study picked its best model on the test set).
+The champion is the variant with the best *mean validation* accuracy over its seeds: the test
+set only reports, it never chooses (the first study picked its best model on the test set).
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import keras
+import numpy as np
 import pandas as pd
 
-from pipeline import plots, stage, tracking
+from pipeline import plots, stage, stats, tracking
 from pipeline.config import Params, load_params
 from pipeline.data import DataError, load_split, raw_pixels
+from pipeline.ensemble import ensemble_probabilities
 from pipeline.files import atomic_write
-from pipeline.paths import PROCESSED_DIR, REPORTS_DIR, model_path, split_path, train_reports_dir
+from pipeline.paths import PROCESSED_DIR, REPORTS_DIR, replicate_model_path, split_path, train_reports_dir
 
 COLUMNS = [
     "variant",
@@ -24,93 +28,200 @@ COLUMNS = [
     "dropout",
     "params",
     "epochs",
-    "val_accuracy",
-    "test_loss",
-    "test_accuracy",
+    "seeds",
+    "val_accuracy_mean",
+    "val_accuracy_std",
+    "test_accuracy_mean",
+    "test_accuracy_std",
+    "test_accuracy_ci_low",
+    "test_accuracy_ci_high",
+    "test_loss_mean",
+    "ensemble_test_accuracy",
+    "prob_champion_better",
+    "p_vs_champion",
+    "tied_with_champion",
     "train_seconds",
+]
+CHAMPION_METRICS = COLUMNS[COLUMNS.index("val_accuracy_mean") : COLUMNS.index("ensemble_test_accuracy") + 1]
+SIGNIFICANCE = 0.05
+MARKDOWN_FORMATS = [
+    {"dropout": ".1f", "train_seconds": ".1f", "prob_champion_better": ".2f", "p_vs_champion": ".3g"}.get(column, ".4f")
+    for column in COLUMNS
 ]
 
 
-def comparison_table(params: Params, x_test, y_test) -> pd.DataFrame:
+def trained(variant: str, seeds: list[int]) -> dict:
+    """The train stage's metrics.json, checked against the seeds params.yaml asks for."""
+    metrics_file = train_reports_dir(variant) / "metrics.json"
+    files = [replicate_model_path(variant, seed) for seed in seeds]
+    missing = [str(path) for path in [metrics_file, *files] if not path.is_file()]
+    if missing:
+        raise DataError(f"{variant} has no trained {', '.join(missing)}: run `dvc repro train@{variant}`")
+    metrics = json.loads(metrics_file.read_text())
+    if metrics["seeds"] != seeds:
+        raise DataError(f"{variant} was trained with seeds {metrics['seeds']}, params say {seeds}: run `dvc repro`")
+    return metrics
+
+
+def scores_on_test(probabilities: np.ndarray, y_test: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Loss (categorical cross-entropy, as in training), accuracy, and which images were right."""
+    correct = probabilities.argmax(axis=1) == y_test.argmax(axis=1)
+    loss = float(np.mean(keras.losses.categorical_crossentropy(y_test, probabilities)))
+    return loss, float(correct.mean()), correct
+
+
+def score_variant(variant: str, metrics: dict, x_test, y_test) -> tuple[pd.DataFrame, float, np.ndarray]:
+    """Per replicate its validation and test scores; the ensemble's test accuracy and right answers."""
+    seeds = sorted(metrics["seeds"])  # the order the served ensemble averages in, to the last bit
+    members = [keras.saving.load_model(replicate_model_path(variant, seed), compile=False) for seed in seeds]
+    validation = {r["seed"]: r["val_accuracy"] for r in metrics["replicates"]}
+    rows = []
+    for seed, member in zip(seeds, members):
+        loss, accuracy, _ = scores_on_test(member.predict_on_batch(x_test), y_test)
+        rows.append({"variant": variant, "seed": seed, "val_accuracy": validation[seed], "test_loss": loss, "test_accuracy": accuracy})
+    _, ensemble_accuracy, ensemble_correct = scores_on_test(ensemble_probabilities(members, x_test), y_test)
+    return pd.DataFrame(rows), ensemble_accuracy, ensemble_correct
+
+
+def comparison_table(
+    params: Params, metrics_by_variant: dict[str, dict], replicates: pd.DataFrame, ensembles: dict[str, float]
+) -> pd.DataFrame:
+    """One row per variant, best mean validation accuracy first, compared with the champion."""
     rows = []
     for variant, spec in params.variants.items():
-        model_file, metrics_file = model_path(variant), train_reports_dir(variant) / "metrics.json"
-        if not model_file.is_file() or not metrics_file.is_file():
-            raise DataError(f"{variant} has no trained model or metrics: run `dvc repro train@{variant}`")
-        trained = json.loads(metrics_file.read_text())
-        model = keras.saving.load_model(model_file)
-        test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
+        scores = replicates[replicates["variant"] == variant]
+        metrics = metrics_by_variant[variant]
+        low, high = stats.mean_interval(scores["test_accuracy"])
+        val_low, val_high = stats.mean_interval(scores["val_accuracy"])
         rows.append(
             {
                 "variant": variant,
                 "hidden_layers": "-".join(map(str, spec.hidden_layers)),
                 "batch_norm": spec.batch_norm,
                 "dropout": spec.dropout,
-                "params": trained["params"],
-                "epochs": trained["epochs"],
-                "val_accuracy": trained["val_accuracy"],
-                "test_loss": test_loss,
-                "test_accuracy": test_accuracy,
-                "train_seconds": trained["train_seconds"],
+                "params": metrics["params"],
+                "epochs": metrics["epochs"],
+                "seeds": len(scores),
+                "val_accuracy_mean": scores["val_accuracy"].mean(),
+                "val_accuracy_std": scores["val_accuracy"].std(),
+                "test_accuracy_mean": scores["test_accuracy"].mean(),
+                "test_accuracy_std": scores["test_accuracy"].std(),
+                "test_accuracy_ci_low": low,
+                "test_accuracy_ci_high": high,
+                "test_loss_mean": scores["test_loss"].mean(),
+                "ensemble_test_accuracy": ensembles[variant],
+                "train_seconds": metrics["train_seconds"],
+                "val_accuracy_ci_low": val_low,  # drawn in comparison.png, not a column of the table
+                "val_accuracy_ci_high": val_high,
             }
         )
-    # Best validation accuracy first; ties keep params.yaml's order.
-    return pd.DataFrame(rows, columns=COLUMNS).sort_values("val_accuracy", ascending=False, kind="stable")
+    # Best mean validation accuracy first; ties keep params.yaml's order.
+    table = pd.DataFrame(rows).sort_values("val_accuracy_mean", ascending=False, kind="stable").reset_index(drop=True)
+    champion = replicates[replicates["variant"] == table["variant"][0]].sort_values("seed")["val_accuracy"].to_numpy()
+    others = [replicates[replicates["variant"] == v].sort_values("seed")["val_accuracy"].to_numpy() for v in table["variant"][1:]]
+    table["prob_champion_better"] = [np.nan] + [stats.probability_better(champion, other) for other in others]
+    table["p_vs_champion"] = [np.nan, *stats.holm([stats.paired_p_value(champion, other) for other in others])]
+    table["tied_with_champion"] = [pd.NA] + [pd.NA if math.isnan(p) else bool(p >= SIGNIFICANCE) for p in table["p_vs_champion"][1:]]
+    return table
 
 
 def ensure_registered(params: Params, x_example) -> dict[str, int]:
-    """Each variant's registered version, its alias pointed there; what the MLflow store lost is
-    logged again from DVC's files."""
-    versions = tracking.find_registered_versions({variant: model_path(variant) for variant in params.variants})
+    """Each variant's registered seed ensemble, its alias pointed there; what the MLflow store lost
+    is logged again from DVC's files."""
+    files = {variant: {seed: replicate_model_path(variant, seed) for seed in params.train.seeds} for variant in params.variants}
+    versions = tracking.find_registered_versions(files)
     for variant, version in versions.items():
         if version is not None:
             tracking.point_alias(variant, version)
             continue
-        print(
-            f"evaluate: {variant} is not in the MLflow registry with this model and serving code; "
-            f"registering it from {model_path(variant)}"
-        )
+        print(f"evaluate: {variant} is not in the MLflow registry with these models and serving code; registering it from models/{variant}/")
         with tracking.run(variant, {"dvc_stage": f"train@{variant}", "registered_by": "evaluate"}):
-            versions[variant] = tracking.log_and_register_model(model_path(variant), variant, x_example)
+            versions[variant] = tracking.log_and_register_model(files[variant], variant, x_example)
     return versions
 
 
-def write_reports(table: pd.DataFrame, champion: pd.Series) -> dict:
+def finite(value):
+    """A number for JSON: NaN becomes null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def summary_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> str:
+    champion = table.iloc[0]
+    name, k = champion["variant"], len(seeds)
+    text = (
+        f"**Champion: {name}**, the best mean validation accuracy over {k} seed{'s' * (k > 1)} "
+        f"({champion['val_accuracy_mean']:.4f}). The test set reports, it never chooses: "
+    )
+    if k < 2:
+        return text + (
+            f"the champion's test accuracy is {champion['test_accuracy_mean']:.4f}. With one seed per variant there "
+            "is no spread to measure: intervals, probabilities and tests are left empty, and one random draw decides. "
+            "Train several seeds (`train.seeds`) to compare variants."
+        )
+    ties = table[table["tied_with_champion"] == True]["variant"].tolist()  # noqa: E712 (NA-aware)
+    gain = 100 * (champion["ensemble_test_accuracy"] - champion["test_accuracy_mean"])
+    return text + (
+        f"its mean test accuracy is {champion['test_accuracy_mean']:.4f}, 95% t-interval "
+        f"[{champion['test_accuracy_ci_low']:.4f}, {champion['test_accuracy_ci_high']:.4f}]. "
+        + (
+            f"On validation accuracy it cannot be told apart from {', '.join(ties)} "
+            if ties
+            else "On validation accuracy it is significantly better than every other variant "
+        )
+        + f"(paired t-test by seed, Holm-corrected over {len(table) - 1} comparisons, {SIGNIFICANCE} level). "
+        f"Its seed ensemble reaches {champion['ensemble_test_accuracy']:.4f} test accuracy, {gain:+.2f} points over "
+        f"its mean replicate. Exact McNemar test on the test set, champion's ensemble against the runner-up's "
+        f"({mcnemar['runner_up']}): {mcnemar['only_champion']} images only the champion gets right, "
+        f"{mcnemar['only_runner_up']} only the runner-up, p = {mcnemar['p_value']:.3g} (reported, never used to choose). "
+        "Every seed shares one validation split (test_size 0.175, random_state 0): split variance is not covered."
+    )
+
+
+def write_reports(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> dict:
     """comparison.csv, .md, .png and metrics.json; the summary that metrics.json holds."""
-    name = champion["variant"]
+    champion = table.iloc[0]
     with atomic_write(REPORTS_DIR / "comparison.csv", "w") as f:
-        table.to_csv(f, index=False, float_format="%.4f")
+        table[COLUMNS].to_csv(f, index=False, float_format="%.6g")
     with atomic_write(REPORTS_DIR / "comparison.md", "w") as f:
-        f.write(f"Champion (best validation accuracy): **{name}**\n\n")
-        formats = [".1f" if column in ("dropout", "train_seconds") else ".4f" for column in COLUMNS]
-        f.write(table.to_markdown(index=False, floatfmt=formats) + "\n")
-    plots.save_png(plots.comparison_chart(table, name), REPORTS_DIR / "comparison.png")
+        f.write(summary_paragraph(table, mcnemar, seeds) + "\n\n")
+        shown = table[COLUMNS].astype(object).where(table[COLUMNS].notna(), None)  # empty cells, not nan
+        f.write(shown.to_markdown(index=False, floatfmt=MARKDOWN_FORMATS, missingval="") + "\n")
+    tied = table[table["tied_with_champion"] == True]["variant"].tolist()  # noqa: E712 (NA-aware)
+    plots.save_png(plots.comparison_chart(table, replicates, champion["variant"], tied), REPORTS_DIR / "comparison.png")
     summary = {
-        "champion": name,
-        "champion_val_accuracy": float(champion["val_accuracy"]),
-        "champion_test_accuracy": float(champion["test_accuracy"]),
-        "champion_test_loss": float(champion["test_loss"]),
-        "test_accuracy": dict(zip(table["variant"], table["test_accuracy"].astype(float))),
+        "champion": champion["variant"],
+        "seeds": seeds,
+        **{f"champion_{key}": finite(float(champion[key])) for key in CHAMPION_METRICS},
+        "mcnemar_vs_runner_up": mcnemar,
+        "test_accuracy_mean": dict(zip(table["variant"], table["test_accuracy_mean"].astype(float))),
+        "ensemble_test_accuracy": dict(zip(table["variant"], table["ensemble_test_accuracy"].astype(float))),
     }
     with atomic_write(REPORTS_DIR / "metrics.json", "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(summary, f, indent=2, allow_nan=False)
     return summary
 
 
 def evaluate(params: Params) -> str:
+    seeds = params.train.seeds
+    metrics = {variant: trained(variant, seeds) for variant in params.variants}  # every input checked first
     x_test, y_test = load_split(split_path("test", PROCESSED_DIR))
-    table = comparison_table(params, x_test, y_test)
-    champion = table.iloc[0]
-    name = champion["variant"]
-    summary = write_reports(table, champion)
+    scored = {variant: score_variant(variant, metrics[variant], x_test, y_test) for variant in params.variants}
+    replicates = pd.concat(scores for scores, _, _ in scored.values())
+    ensembles = {variant: accuracy for variant, (_, accuracy, _) in scored.items()}
+    table = comparison_table(params, metrics, replicates, ensembles)
+    name, runner_up = table["variant"][0], table["variant"][1] if len(table) > 1 else table["variant"][0]
+    only_champion, only_runner_up, p_value = stats.mcnemar_exact(scored[name][2], scored[runner_up][2])
+    mcnemar = {"runner_up": runner_up, "only_champion": only_champion, "only_runner_up": only_runner_up, "p_value": p_value}
+    summary = write_reports(table, replicates, mcnemar, seeds)
 
     versions = ensure_registered(params, raw_pixels(x_test[:1]))
     with tracking.run("evaluate", {"dvc_stage": "evaluate", "champion": name}):
         reports = [REPORTS_DIR / f"comparison.{suffix}" for suffix in ("csv", "md", "png")]
-        tracking.record_evaluation({k: v for k, v in summary.items() if k.startswith("champion_")}, table, reports)
+        champion_metrics = {k: v for k, v in summary.items() if k.startswith("champion_") and v is not None}
+        tracking.record_evaluation({**champion_metrics, "mcnemar_p_value": p_value}, table[COLUMNS], reports)
     tracking.set_champion(versions[name], name)
 
-    print(table.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+    print(table[COLUMNS].to_string(index=False, float_format=lambda value: f"{value:.4f}"))
     print(f"evaluate: champion {name} (version {versions[name]}): models:/{tracking.REGISTERED_MODEL}@champion")
     return name
 

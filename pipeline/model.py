@@ -1,4 +1,4 @@
-"""The model: a pure function of a variant spec (same spec, same initial weights)."""
+"""The model: a pure function of a variant spec and a replicate's seed (same both, same initial weights)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,24 @@ OPTIMIZERS = {
 }
 
 
-def hidden_initializer(spec: VariantSpec, layer: int) -> keras.initializers.Initializer:
-    seed = spec.seed + layer  # explicit seeds: the weights do not depend on global state
+# Each replicate's layers draw from seeds of their own, seed * SEED_STRIDE + layer, so that no two
+# replicates share a random stream (seed 0 keeps the seeds 0, 1, 2, ... of the one-seed pipeline).
+SEED_STRIDE = 1000
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    return seed * SEED_STRIDE + layer
+
+
+def hidden_initializer(spec: VariantSpec, seed: int, layer: int) -> keras.initializers.Initializer:
+    seed = layer_seed(seed, layer)  # explicit seeds: the weights do not depend on global state
     if spec.initializer == "random_normal":
         first, later = spec.init_stddev
         return keras.initializers.RandomNormal(stddev=first if layer == 0 else later, seed=seed)
     return INITIALIZERS[spec.initializer](seed=seed)
 
 
-def build_model(spec: VariantSpec, steps_per_execution: int = 1) -> keras.Sequential:
+def build_model(spec: VariantSpec, seed: int, steps_per_execution: int = 1) -> keras.Sequential:
     """Dense -> [BatchNormalization] -> [Dropout] per hidden layer, then a softmax layer.
 
     steps_per_execution changes how fast it trains, not what it learns.
@@ -37,15 +46,15 @@ def build_model(spec: VariantSpec, steps_per_execution: int = 1) -> keras.Sequen
     layers: list[keras.layers.Layer] = [keras.Input(shape=(IMAGE_PIXELS,), name="pixels")]
     for index, units in enumerate(spec.hidden_layers):
         number = index + 1
-        kernel_initializer = hidden_initializer(spec, index)
+        kernel_initializer = hidden_initializer(spec, seed, index)
         layers.append(
             keras.layers.Dense(units, activation=spec.activation, kernel_initializer=kernel_initializer, name=f"hidden_{number}")
         )
         if spec.batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{number}"))
         if spec.dropout:
-            layers.append(keras.layers.Dropout(spec.dropout, seed=spec.seed + index, name=f"dropout_{number}"))
-    output_initializer = INITIALIZERS[spec.output_initializer](seed=spec.seed + len(spec.hidden_layers))
+            layers.append(keras.layers.Dropout(spec.dropout, seed=layer_seed(seed, index), name=f"dropout_{number}"))
+    output_initializer = INITIALIZERS[spec.output_initializer](seed=layer_seed(seed, len(spec.hidden_layers)))
     layers.append(
         keras.layers.Dense(NUM_CLASSES, activation="softmax", name="digit", kernel_initializer=output_initializer)
     )

@@ -14,20 +14,20 @@ PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports")
 TRAIN_REPORTS_DIR = REPORTS_DIR / "train"
-HISTORY_DIR = REPORTS_DIR / "history"  # one directory of histories: dvc.yaml plots it whole
+HISTORY_DIR = REPORTS_DIR / "history"  # every replicate's per-epoch history: dvc.yaml plots it whole
 
 
 def split_path(name: str, directory: Path = PROCESSED_DIR) -> Path:
     return Path(directory) / f"{name}.npz"
 
 
-def model_path(variant: str) -> Path:
-    return MODELS_DIR / f"{variant}.keras"
-
-
 def train_reports_dir(variant: str) -> Path:
     return TRAIN_REPORTS_DIR / variant
 
 
-def history_path(variant: str) -> Path:
-    return HISTORY_DIR / f"{variant}.csv"
+def replicate_model_path(variant: str, seed: int) -> Path:
+    return MODELS_DIR / variant / f"seed-{seed}.keras"
+
+
+def replicate_history_path(variant: str, seed: int) -> Path:
+    return HISTORY_DIR / variant / f"seed-{seed}.csv"

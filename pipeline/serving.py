@@ -1,4 +1,5 @@
-"""The model as MLflow serves it: raw pixels in, digit and class probabilities out.
+"""The model as MLflow serves it: a variant's seed ensemble, raw pixels in, digit and class
+probabilities out.
 
 Requests carry rows of 784 pixel intensities 0-255 (ints or floats, row-major 28x28);
 the model applies the training pipeline's own `to_features`, so serving cannot drift
@@ -17,33 +18,37 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from pipeline.data import to_features
+from pipeline.ensemble import ensemble_probabilities
 
 MAX_BATCH = 4096  # images per request: bounds what one request costs in memory and time
 
 
-def predict_digits(model, pixels) -> pd.DataFrame:
-    """Rows of 784 intensities 0-255 (or 28x28 images) -> `digit` and the ten class `probabilities`."""
+def predict_digits(members, pixels) -> pd.DataFrame:
+    """Rows of 784 intensities 0-255 (or 28x28 images) -> `digit` and the ten class `probabilities`,
+    the mean of the members'."""
     features = to_features(np.asarray(pixels))
     if not 0 < len(features) <= MAX_BATCH:
         raise ValueError(f"a request carries 1 to {MAX_BATCH} images, this one {len(features)}")
-    probabilities = model.predict_on_batch(features)  # one compiled call; predict() sets up a loop per call
+    probabilities = ensemble_probabilities(members, features)
     return pd.DataFrame(
         {"digit": probabilities.argmax(axis=1), "probabilities": [row.tolist() for row in probabilities]}
     )
 
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):
-    """Wraps the trained .keras file; preprocessing is the training code's own to_features."""
+    """Wraps the replicates' .keras files (artifacts `seed-N`); preprocessing is the training code's
+    own to_features."""
 
     def load_context(self, context):
         import keras
 
-        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+        by_seed = sorted(context.artifacts.items(), key=lambda item: int(item[0].removeprefix("seed-")))
+        self.members = [keras.saving.load_model(path, compile=False) for _, path in by_seed]
 
     # np.ndarray: the input the tensor signature delivers; also tells MLflow to validate by the signature.
     def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
         try:
-            return predict_digits(self.model, model_input)
+            return predict_digits(self.members, model_input)
         except ValueError as error:
             # MLflow answers an MlflowException of this kind with 400 and the message.
             raise MlflowException.invalid_parameter_value(str(error)) from None

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +22,8 @@ from typing import Iterator
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
+from mlflow.entities import Metric
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
 
@@ -41,7 +44,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The served model: MLflow runs SERVING_MODULE, which imports the package files listed here and
 # nothing else of the package (tests/test_structure.py checks both lists against the imports).
 SERVING_MODULE = "serving.py"
-SERVED_FILES = ("__init__.py", "serving.py", "data.py", "errors.py")
+SERVED_FILES = ("__init__.py", "serving.py", "data.py", "ensemble.py", "errors.py")
 # The distributions those files import, and Keras' backend.
 SERVING_DISTRIBUTIONS = ("mlflow", "numpy", "pandas", "keras", "tensorflow-cpu", "tensorflow")
 
@@ -56,9 +59,9 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def model_md5(model_file: Path) -> str:
-    """The hash DVC records for the model file in dvc.lock."""
-    return file_digest(model_file, algorithm="md5")
+def models_md5(model_files: list[Path]) -> str:
+    """The md5 of a seed ensemble's member files, read in seed order."""
+    return file_digest(*model_files, algorithm="md5")
 
 
 def serving_code_md5() -> str:
@@ -87,15 +90,20 @@ def check_store_fits_workspace() -> None:
 
 @contextlib.contextmanager
 def run(name: str, tags: dict[str, str], params: dict | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A run in the `mnist-mlp` experiment; under `mlflow run`, a child of the project's run."""
-    check_store_fits_workspace()
-    mlflow.set_experiment(EXPERIMENT)
-    # `mlflow run` hands its run to us through MLFLOW_RUN_ID; logging into it directly would
-    # pile every stage into one run, so each stage becomes its child instead.
-    parent = os.environ.pop("MLFLOW_RUN_ID", None)
-    if parent:
-        tags = {**tags, "mlflow.parentRunId": parent}
-    with mlflow.start_run(run_name=name, tags={"git_commit": git_commit(), **tags}) as active:
+    """A run in the `mnist-mlp` experiment; under `mlflow run`, a child of the project's run.
+
+    Inside another run of this stage (a variant's run), it is that run's child.
+    """
+    nested = mlflow.active_run() is not None
+    if not nested:
+        check_store_fits_workspace()
+        mlflow.set_experiment(EXPERIMENT)
+        # `mlflow run` hands its run to us through MLFLOW_RUN_ID; logging into it directly would
+        # pile every stage into one run, so each stage becomes its child instead.
+        parent = os.environ.pop("MLFLOW_RUN_ID", None)
+        if parent:
+            tags = {**tags, "mlflow.parentRunId": parent}
+    with mlflow.start_run(run_name=name, nested=nested, tags={"git_commit": git_commit(), **tags}) as active:
         try:
             if params:
                 mlflow.log_params({key: json.dumps(value) if isinstance(value, list) else value for key, value in params.items()})
@@ -127,22 +135,40 @@ class EpochMetrics(keras.callbacks.Callback):
         mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch + 1)
 
 
-def record_training(
+def record_replicate(metrics: dict[str, float], model_file: Path) -> None:
+    """What a trained replicate adds to its run: its final metrics and its model file."""
+    mlflow.log_metrics({f"final_{name}": value for name, value in metrics.items()})
+    mlflow.log_artifact(str(model_file))
+
+
+def record_variant(
     variant: str,
     param_count: int,
-    metrics: dict[str, float],
+    epoch_stats: pd.DataFrame,
+    aggregates: dict[str, float],
     figures: list[Path],
     summary: str,
-    model_file: Path,
+    model_files: dict[int, Path],
     example: np.ndarray,
 ) -> int:
-    """What a trained variant adds to its run: final metrics, figures, summary, the registered model."""
+    """What a variant's run holds once its replicates are trained: the per-epoch mean and standard
+    deviation of every metric (step = epoch; `val_accuracy`, `val_accuracy_std`, ...), the final
+    aggregates, figures, summary, and the registered seed ensemble."""
+    run_id = mlflow.active_run().info.run_id
+    timestamp = int(time.time() * 1000)
+    per_epoch = [
+        Metric(name, float(value), timestamp, int(epoch))
+        for epoch, row in epoch_stats.iterrows()
+        for name, value in row.items()
+        if np.isfinite(value)  # one replicate: no standard deviation
+    ]
+    mlflow.MlflowClient().log_batch(run_id, metrics=per_epoch)
     mlflow.log_param("param_count", param_count)
-    mlflow.log_metrics({f"final_{name}": value for name, value in metrics.items()})
+    mlflow.log_metrics({f"final_{name}": value for name, value in aggregates.items() if np.isfinite(value)})
     for figure in figures:
         mlflow.log_artifact(str(figure))
     mlflow.log_text(summary, "model_summary.txt")
-    return log_and_register_model(model_file, variant, example)
+    return log_and_register_model(model_files, variant, example)
 
 
 def record_evaluation(metrics: dict[str, float], table, files: list[Path]) -> None:
@@ -164,8 +190,10 @@ def serving_requirements() -> list[str]:
     return pins
 
 
-def log_and_register_model(model_file: Path, variant: str, example: np.ndarray) -> int:
-    """Log the served model into the active run, register it, point the variant's alias at it."""
+def log_and_register_model(model_files: dict[int, Path], variant: str, example: np.ndarray) -> int:
+    """Log the variant's seed ensemble (one member per seed) into the active run as the served
+    model, register it, point the variant's alias at it."""
+    seeds = sorted(model_files)
     with tempfile.TemporaryDirectory(prefix="served-code-") as staging:
         # The model's code/ directory: the package files serving imports, and only those.
         package = Path(staging) / PACKAGE_DIR.name
@@ -175,7 +203,7 @@ def log_and_register_model(model_file: Path, variant: str, example: np.ndarray) 
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PACKAGE_DIR / SERVING_MODULE),  # models from code: nothing pickled
-            artifacts={"keras_model": str(model_file)},
+            artifacts={f"seed-{seed}": str(model_files[seed]) for seed in seeds},
             code_paths=[str(package)],
             signature=SIGNATURE,
             input_example=example,
@@ -185,21 +213,25 @@ def log_and_register_model(model_file: Path, variant: str, example: np.ndarray) 
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "variant", variant)
-    client.set_model_version_tag(REGISTERED_MODEL, str(version), "model_md5", model_md5(model_file))
+    client.set_model_version_tag(REGISTERED_MODEL, str(version), "seeds", json.dumps(seeds))
+    client.set_model_version_tag(REGISTERED_MODEL, str(version), "models_md5", models_md5([model_files[s] for s in seeds]))
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "serving_code_md5", serving_code_md5())
     point_alias(variant, version)
     return version
 
 
-def find_registered_versions(model_files: dict[str, Path]) -> dict[str, int | None]:
-    """Per variant, the registered version holding exactly its model file and today's serving
-    code, or None. One listing of the registry for all."""
+def find_registered_versions(model_files: dict[str, dict[int, Path]]) -> dict[str, int | None]:
+    """Per variant, the registered version holding exactly its replicates' model files and today's
+    serving code, or None. One listing of the registry for all."""
     code = serving_code_md5()
     by_content = {
-        (v.tags.get("variant"), v.tags.get("model_md5"), v.tags.get("serving_code_md5")): int(v.version)
+        (v.tags.get("variant"), v.tags.get("models_md5"), v.tags.get("serving_code_md5")): int(v.version)
         for v in mlflow.MlflowClient().search_model_versions(f"name = '{REGISTERED_MODEL}'")
     }
-    return {variant: by_content.get((variant, model_md5(path), code)) for variant, path in model_files.items()}
+    return {
+        variant: by_content.get((variant, models_md5([files[seed] for seed in sorted(files)]), code))
+        for variant, files in model_files.items()
+    }
 
 
 def point_alias(alias: str, version: int) -> None:

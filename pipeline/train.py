@@ -1,4 +1,5 @@
-"""Stage `train@VARIANT`: train one variant, save its model and reports, record it in MLflow.
+"""Stage `train@VARIANT`: train every replicate of one variant (one per seed of `train.seeds`),
+save their models and histories and the variant's aggregates, record it all in MLflow.
 
     python -m pipeline.train mlp-512-256-128
 """
@@ -17,8 +18,15 @@ from pipeline.config import Params, load_params
 from pipeline.data import load_split, raw_pixels
 from pipeline.files import atomic_path, atomic_write
 from pipeline.model import dense_kernels
-from pipeline.paths import PROCESSED_DIR, history_path, model_path, split_path, train_reports_dir
+from pipeline.paths import (
+    PROCESSED_DIR,
+    replicate_history_path,
+    replicate_model_path,
+    split_path,
+    train_reports_dir,
+)
 
+METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
 FIGURES = ("weights.png", "curves.png")
 
 
@@ -27,9 +35,47 @@ def used_params(params: Params, variant: str) -> dict:
     return {
         **params.variants[variant].model_dump(),
         "variant": variant,
+        "train.seeds": params.train.seeds,
         "train.max_epochs": params.train.max_epochs,
         "train.strategy": params.train.strategy,
         **{f"data.{key}": value for key, value in params.data.model_dump().items()},
+    }
+
+
+def history_frame(history: dict[str, list[float]]) -> pd.DataFrame:
+    curves = pd.DataFrame(history)[METRICS]
+    curves.insert(0, "epoch", range(1, len(curves) + 1))
+    return curves
+
+
+def epoch_statistics(histories: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Per epoch, the mean over replicates of every metric (`val_accuracy`) and its standard
+    deviation (`val_accuracy_std`; NaN for one replicate)."""
+    stats = pd.concat(histories.values()).groupby("epoch")[METRICS].agg(["mean", "std"])
+    stats.columns = [name if statistic == "mean" else f"{name}_std" for name, statistic in stats.columns]
+    return stats
+
+
+def replicate_metrics(curves: pd.DataFrame, train_seconds: float) -> dict:
+    final = curves.iloc[-1]
+    return {**{name: float(final[name]) for name in METRICS}, "train_seconds": round(train_seconds, 2)}
+
+
+def variant_metrics(replicates: dict[int, dict], epochs: int, param_count: int) -> dict:
+    """The variant's metrics.json: mean and standard deviation over replicates, then each replicate.
+
+    One replicate has no standard deviation: null, never a bare NaN.
+    """
+    table = pd.DataFrame.from_dict(replicates, orient="index")[METRICS]
+    spread = {f"{name}_std": float(table[name].std()) if len(table) > 1 else None for name in METRICS}
+    return {
+        "seeds": list(replicates),
+        "epochs": epochs,
+        "params": param_count,
+        **{name: float(table[name].mean()) for name in METRICS},
+        **spread,
+        "train_seconds": round(sum(r["train_seconds"] for r in replicates.values()), 2),
+        "replicates": [{"seed": seed, **metrics} for seed, metrics in replicates.items()],
     }
 
 
@@ -39,68 +85,75 @@ def model_summary(model: keras.Model) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(variant: str, model: keras.Model, curves: pd.DataFrame, metrics: dict) -> None:
-    """The stage's files: model, metrics, history, figures; each written whole or not at all."""
-    out = train_reports_dir(variant)
-    with atomic_path(model_path(variant)) as path:
+def write_replicate(variant: str, seed: int, model: keras.Model, curves: pd.DataFrame) -> None:
+    with atomic_path(replicate_model_path(variant, seed)) as path:
         model.save(path)
+    with atomic_write(replicate_history_path(variant, seed), "w") as f:
+        curves.to_csv(f, index=False)
+
+
+def write_variant(variant: str, models: dict[int, keras.Model], histories: dict[int, pd.DataFrame], metrics: dict) -> None:
+    out = train_reports_dir(variant)
     with atomic_write(out / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
-    with atomic_write(history_path(variant), "w") as f:
-        curves.to_csv(f, index=False)
-    plots.save_png(plots.weight_violins(dense_kernels(model), variant), out / "weights.png")
-    plots.save_png(plots.training_curves(curves, variant), out / "curves.png")
+    kernels = {seed: dense_kernels(model) for seed, model in models.items()}
+    plots.save_png(plots.weight_violins(kernels, variant), out / "weights.png")
+    plots.save_png(plots.training_curves(histories, variant), out / "curves.png")
 
 
 def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
     strategy = training.distribution_strategy(params.train.strategy)  # first: it must precede any TF op
     train_split = load_split(split_path("train", processed_dir))
     validation_split = load_split(split_path("validation", processed_dir))
-    print(f"train@{variant}: {params.epochs(variant)} epochs, {len(train_split[0]):,} images")
+    seeds, epochs = params.train.seeds, params.epochs(variant)
+    print(f"train@{variant}: seeds {seeds}, {epochs} epochs each, {len(train_split[0]):,} images")
 
     if not training.is_chief(strategy):  # a worker of several: it trains, the chief records
-        _, history = training.train_variant(params, variant, strategy, train_split, validation_split)
-        print(f"train@{variant}: worker done, val_accuracy {history['val_accuracy'][-1]:.4f}; the chief logs and saves")
-        return {"val_accuracy": history["val_accuracy"][-1]}
+        for seed in seeds:
+            _, history = training.train_replicate(params, variant, seed, strategy, train_split, validation_split)
+            print(f"train@{variant}: seed {seed} worker done, val_accuracy {history['val_accuracy'][-1]:.4f}")
+        return {}
 
     used = used_params(params, variant)
-    tags = {"dvc_stage": f"train@{variant}", "params_hash": tracking.params_hash(used)}
-    with tracking.run(variant, tags, params=used):
+    stage_tag = {"dvc_stage": f"train@{variant}"}
+    models, histories, replicates = {}, {}, {}
+    with tracking.run(variant, {**stage_tag, "params_hash": tracking.params_hash(used)}, params=used):
         tracking.log_datasets(
             {
                 "training": (*train_split, split_path("train", processed_dir)),
                 "validation": (*validation_split, split_path("validation", processed_dir)),
             }
         )
-        started = time.perf_counter()
-        model, history = training.train_variant(
-            params, variant, strategy, train_split, validation_split, [tracking.EpochMetrics()]
-        )
-        train_seconds = time.perf_counter() - started
+        for seed in seeds:  # one after another, each in a child run
+            with tracking.run(f"{variant} seed {seed}", stage_tag, params={**used, "seed": seed}):
+                started = time.perf_counter()
+                model, history = training.train_replicate(
+                    params, variant, seed, strategy, train_split, validation_split, [tracking.EpochMetrics()]
+                )
+                curves = history_frame(history)
+                replicates[seed] = replicate_metrics(curves, time.perf_counter() - started)
+                write_replicate(variant, seed, model, curves)
+                tracking.record_replicate(replicates[seed], replicate_model_path(variant, seed))
+            models[seed], histories[seed] = model, curves.assign(seed=seed)
+            print(f"train@{variant}: seed {seed} val_accuracy {replicates[seed]['val_accuracy']:.4f}")
 
-        curves = pd.DataFrame(history)[["loss", "accuracy", "val_loss", "val_accuracy"]]
-        curves.insert(0, "epoch", range(1, len(curves) + 1))
-        final = curves.iloc[-1]
-        metrics = {
-            "loss": float(final["loss"]),
-            "accuracy": float(final["accuracy"]),
-            "val_loss": float(final["val_loss"]),
-            "val_accuracy": float(final["val_accuracy"]),
-            "epochs": len(curves),
-            "params": model.count_params(),
-            "train_seconds": round(train_seconds, 2),
-        }
-        write_outputs(variant, model, curves, metrics)
-        version = tracking.record_training(
+        metrics = variant_metrics(replicates, epochs, model.count_params())
+        write_variant(variant, models, histories, metrics)
+        version = tracking.record_variant(
             variant,
             model.count_params(),
-            {name: value for name, value in metrics.items() if name != "params"},
+            epoch_statistics(histories),
+            {key: value for key, value in metrics.items() if isinstance(value, float)},
             [train_reports_dir(variant) / name for name in FIGURES],
             model_summary(model),
-            model_path(variant),
+            {seed: replicate_model_path(variant, seed) for seed in seeds},
             raw_pixels(validation_split[0][:1]),
         )
-    print(f"train@{variant}: {metrics['params']:,} parameters, val_accuracy {metrics['val_accuracy']:.4f}; registered version {version}")
+    spread = f" ± {metrics['val_accuracy_std']:.4f}" if metrics["val_accuracy_std"] is not None else ""
+    print(
+        f"train@{variant}: {metrics['params']:,} parameters, mean val_accuracy {metrics['val_accuracy']:.4f}{spread} "
+        f"over {len(seeds)} seeds; registered version {version}"
+    )
     return metrics
 
 

@@ -1,4 +1,5 @@
-"""Training one variant: a Keras model and its per-epoch history, nothing written, nothing logged.
+"""Training one replicate of a variant: a Keras model and its per-epoch history, nothing written,
+nothing logged.
 
 The train stage records what comes out (pipeline.train, pipeline.tracking); benchmarks and
 tests call the same functions.
@@ -35,7 +36,14 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def fit(
-    model: keras.Model, params: Params, variant: str, train: Split, validation: Split, callbacks, verbose: int = 2
+    model: keras.Model,
+    params: Params,
+    variant: str,
+    seed: int,
+    train: Split,
+    validation: Split,
+    callbacks,
+    verbose: int = 2,
 ) -> dict[str, list[float]]:
     """Keras' fit with the variant's batch size and epochs, validating after every epoch: the history.
 
@@ -51,7 +59,7 @@ def fit(
             spec.batch_size,
             params.speed.validation_batch_size,
             epochs,
-            spec.seed,
+            seed,
             callbacks,
         )
     history = model.fit(
@@ -66,12 +74,17 @@ def fit(
     return history.history
 
 
-def train_variant(
-    params: Params, variant: str, strategy: tf.distribute.Strategy, train: Split, validation: Split, callbacks=()
+def train_replicate(
+    params: Params,
+    variant: str,
+    seed: int,
+    strategy: tf.distribute.Strategy,
+    train: Split,
+    validation: Split,
+    callbacks=(),
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build the variant's model under `strategy` and train it: the trained model and its history."""
-    spec = params.variants[variant]
-    keras.utils.set_random_seed(spec.seed)  # shuffling; the layers carry their own seeds
+    """Build the variant's model for `seed` under `strategy` and train it: the model and its history."""
+    keras.utils.set_random_seed(seed)  # the data order; the layers carry their own seeds
     with strategy.scope():  # variables on every replica; batches split between them
-        model = build_model(spec, params.speed.steps_per_execution)
-    return model, fit(model, params, variant, train, validation, list(callbacks))
+        model = build_model(params.variants[variant], seed, params.speed.steps_per_execution)
+    return model, fit(model, params, variant, seed, train, validation, list(callbacks))

@@ -36,8 +36,8 @@ def canonical_npz(canonical_arrays, tmp_path_factory):
     return path
 
 
-def small_workspace(root: Path, default_params, canonical_npz, subset: int, max_epochs: int):
-    """Params for a quick run, and their processed data under root/data/processed.
+def small_workspace(root: Path, default_params, canonical_npz, subset: int, max_epochs: int, seeds=(0,)):
+    """Params for a quick run (few images, epochs and seeds), and their processed data under root/data/processed.
 
     The caller makes root the working directory (as DVC would) and points MLFLOW_TRACKING_URI
     at a store of its own.
@@ -45,7 +45,7 @@ def small_workspace(root: Path, default_params, canonical_npz, subset: int, max_
     params = default_params.model_copy(
         update={
             "data": default_params.data.model_copy(update={"subset": subset}),
-            "train": default_params.train.model_copy(update={"max_epochs": max_epochs}),
+            "train": default_params.train.model_copy(update={"max_epochs": max_epochs, "seeds": list(seeds)}),
         }
     )
     preprocess(params.data, canonical_npz, root / "data/processed")

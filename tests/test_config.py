@@ -30,6 +30,7 @@ def test_the_shipped_params_are_valid():
     assert params.data.random_state == 0
     assert params.data.subset == 0
     assert params.train.max_epochs == 0
+    assert params.train.seeds == [0, 1, 2, 3, 4]
     assert params.download.sources == ["url", "wheel", "file"]
 
 
@@ -47,6 +48,10 @@ def test_the_shipped_params_are_valid():
         ("train.max_epochs", "abc", "valid integer"),
         ("train.max_epochs", -1, "greater than or equal to 0"),
         ("train.max_epochs", True, "valid integer"),
+        ("train.seeds", [], "at least 1 item"),
+        ("train.seeds", [0, -1], "[1]: Input should be greater than or equal to 0 (got -1)"),
+        ("train.seeds", [0, 1_000_001], "[1]: Input should be less than or equal to 1000000 (got 1000001)"),
+        ("train.seeds", [0, "1"], "[1]: Input should be a valid integer (got '1')"),
         ("download.sources", ["url", "ftp"], "[1]: Input should be 'url', 'wheel' or 'file' (got 'ftp')"),
         ("download.sources", [], "at least 1 item"),
         ("download.url", "storage.example/mnist.npz", "should match pattern"),
@@ -143,3 +148,8 @@ def test_a_variant_name_that_would_break_dvc_or_mlflow_is_refused(name):
     raw["variants"][name] = raw["variants"].pop("mlp-256-64")
     with pytest.raises(ParamsError, match=f"variants.{name}"):
         parse_params(raw)
+
+
+def test_repeated_seeds_are_refused():
+    with pytest.raises(ParamsError, match=r"train: seeds must be distinct \(got \[0, 1, 0\]\)"):
+        parse_params(with_value("train.seeds", [0, 1, 0]))

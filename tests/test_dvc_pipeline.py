@@ -2,6 +2,7 @@
 
 import json
 import re
+import urllib.request
 
 import mlflow
 import numpy as np
@@ -11,6 +12,7 @@ import yaml
 from pipeline.data import ARRAY_SHA256, load_split
 
 from conftest import copy_of_repository, dvc
+from tests.servers import scoring_server
 
 
 def test_repro_preprocess_yields_the_canonical_splits_and_then_does_nothing(tmp_path):
@@ -35,12 +37,13 @@ def test_repro_preprocess_yields_the_canonical_splits_and_then_does_nothing(tmp_
     assert "didn't change" in again
 
 
-def test_the_quick_pipeline_trains_tracks_and_picks_a_champion(tmp_path):
+def test_the_quick_pipeline_trains_replicates_compares_and_serves_the_champion(tmp_path, canonical_arrays):
     repo = copy_of_repository(tmp_path)
     variants = list(yaml.safe_load((repo / "params.yaml").read_text())["variants"])
     assert len(variants) == 10
+    seeds = [0, 1, 2]
 
-    output = dvc("exp", "run", "-S", "data.subset=3000", "-S", "train.max_epochs=1", cwd=repo)
+    output = dvc("exp", "run", "-S", "data.subset=3000", "-S", "train.max_epochs=1", "-S", "train.seeds=[0,1,2]", cwd=repo)
     for variant in variants:
         assert f"Running stage 'train@{variant}'" in output
         # Keras' line for the epoch follows the stage's own first line.
@@ -49,26 +52,46 @@ def test_the_quick_pipeline_trains_tracks_and_picks_a_champion(tmp_path):
 
     table = pd.read_csv(repo / "reports/comparison.csv")
     assert sorted(table["variant"]) == sorted(variants)
-    assert (table["epochs"] == 1).all()
-    champion = table.loc[table["val_accuracy"].idxmax(), "variant"]
-    assert json.loads((repo / "reports/metrics.json").read_text())["champion"] == champion
+    assert (table["epochs"] == 1).all() and (table["seeds"] == 3).all()
+    assert table["test_accuracy_std"].notna().all() and table["p_vs_champion"][1:].notna().all()
+    champion = table.loc[table["val_accuracy_mean"].idxmax(), "variant"]
+    assert json.loads((repo / "reports/metrics.json").read_text())["champion"] == champion == table["variant"][0]
     assert (repo / "reports/comparison.md").is_file() and (repo / "reports/comparison.png").is_file()
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     (experiment,) = [e for e in client.search_experiments() if e.name == "mnist-mlp"]
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted(run.info.run_name for run in runs) == sorted([*variants, "evaluate"])
-    for run in runs:
-        assert run.info.status == "FINISHED"
-        if run.info.run_name == "evaluate":
-            continue
-        history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert [m.step for m in history] == [1]
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"weights.png", "curves.png", "model_summary.txt"} <= artifacts
-        assert client.get_model_version_by_alias("mnist-mlp", run.info.run_name).run_id == run.info.run_id
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    children = [f"{variant} seed {seed}" for variant in variants for seed in seeds]
+    assert sorted(runs) == sorted([*variants, *children, "evaluate"])
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
+    for variant in variants:
+        parent = runs[variant]
+        for name in ("val_accuracy", "val_accuracy_std"):
+            assert [m.step for m in client.get_metric_history(parent.info.run_id, name)] == [1]
+        assert {"weights.png", "curves.png", "model_summary.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert client.get_model_version_by_alias("mnist-mlp", variant).run_id == parent.info.run_id
+        for seed in seeds:
+            child = runs[f"{variant} seed {seed}"]
+            assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.data.params["seed"] == str(seed)
     assert len(client.search_model_versions("name = 'mnist-mlp'")) == 10
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
+
+    # Every replicate's per-epoch history stays plottable.
+    plotted = json.loads(dvc("plots", "show", "--json", cwd=repo))
+    for variant in variants:
+        for seed in seeds:
+            assert f"reports/history/{variant}/seed-{seed}.csv" in json.dumps(plotted)
+
+    # The champion's seed ensemble, served, answers raw pixels.
+    with scoring_server("models:/mnist-mlp@champion", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}) as url:
+        images = canonical_arrays["x_test"][:100].reshape(100, 784)
+        request = urllib.request.Request(
+            f"{url}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+    digits = np.array([p["digit"] for p in predictions])
+    assert (digits == canonical_arrays["y_test"][:100]).mean() > 0.5
 
     again = dvc("repro", cwd=repo)
     assert "Running stage" not in again

@@ -15,7 +15,7 @@ def test_every_stage_has_an_entry_point():
 def test_mlflow_run_makes_the_stage_run_a_child_of_its_own(tmp_path):
     repo = copy_of_repository(tmp_path)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["subset"], params["train"]["max_epochs"] = 2000, 1
+    params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 1, [0]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
     run_in(repo, "mlflow", "run", ".", "-e", "train", "-P", "variant=mlp-256-64",
@@ -24,10 +24,11 @@ def test_mlflow_run_makes_the_stage_run_a_child_of_its_own(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist-mlp")
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
-    child = runs.pop("mlp-256-64")
+    child, replicate = runs.pop("mlp-256-64"), runs.pop("mlp-256-64 seed 0")
     (parent,) = runs.values()  # the run `mlflow run` made, and no other
     assert parent.data.tags["mlflow.project.entryPoint"] == "train"
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert child.info.status == parent.info.status == "FINISHED"
+    assert replicate.data.tags["mlflow.parentRunId"] == child.info.run_id
+    assert child.info.status == parent.info.status == replicate.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1]
     assert "val_accuracy" not in parent.data.metrics  # nothing of the stage landed in the parent

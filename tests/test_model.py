@@ -21,12 +21,12 @@ NOTEBOOK_PARAM_COUNTS = {
 
 
 def test_the_ten_variants_have_the_notebooks_parameter_counts(default_params):
-    counts = {name: build_model(spec).count_params() for name, spec in default_params.variants.items()}
+    counts = {name: build_model(spec, 0).count_params() for name, spec in default_params.variants.items()}
     assert counts == NOTEBOOK_PARAM_COUNTS
 
 
 def test_layers_go_dense_then_batch_norm_then_dropout(default_params):
-    model = build_model(default_params.variants["mlp-512-256-128-bn-dropout"])
+    model = build_model(default_params.variants["mlp-512-256-128-bn-dropout"], 0)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["Dense", "BatchNormalization", "Dropout"] * 3 + ["Dense"]
     assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.5] * 3
@@ -36,7 +36,7 @@ def test_layers_go_dense_then_batch_norm_then_dropout(default_params):
 
 def test_the_second_study_uses_he_normal_and_dropout_0_4(default_params):
     spec = default_params.variants["mlp-256-256-he-dropout"]
-    model = build_model(spec)
+    model = build_model(spec, 0)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
     assert isinstance(model.layers[0].kernel_initializer, keras.initializers.HeNormal)
@@ -48,7 +48,7 @@ def test_the_second_study_uses_he_normal_and_dropout_0_4(default_params):
     "variant, first, later", [("mlp-512-256-128", 0.062, 0.125), ("mlp-512-256-128-bn", 0.039, 0.55)]
 )
 def test_random_normal_kernels_have_the_notebooks_stddevs(default_params, variant, first, later):
-    kernels = list(dense_kernels(build_model(default_params.variants[variant])).values())
+    kernels = list(dense_kernels(build_model(default_params.variants[variant], 0)).values())
     assert np.std(kernels[0]) == pytest.approx(first, rel=0.02)
     assert np.std(kernels[1]) == pytest.approx(later, rel=0.02)
     assert np.std(kernels[2]) == pytest.approx(later, rel=0.03)
@@ -56,14 +56,24 @@ def test_random_normal_kernels_have_the_notebooks_stddevs(default_params, varian
 
 def test_the_same_spec_builds_the_same_weights(default_params):
     spec = default_params.variants["mlp-256-64-bn-dropout"]
-    first, second = build_model(spec).get_weights(), build_model(spec).get_weights()
+    first, second = build_model(spec, 0).get_weights(), build_model(spec, 0).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    reseeded = build_model(spec.model_copy(update={"seed": 1})).get_weights()
+    reseeded = build_model(spec, 1).get_weights()
     assert not np.array_equal(first[0], reseeded[0])
 
 
+def test_replicates_share_no_random_stream(default_params):
+    # Seed 1's first layer must not be seed 0's second layer: every layer of every replicate has its own seed.
+    spec = default_params.variants["mlp-256-256-he-dropout"]  # he_normal: same stddev rule for both layers
+    seed_0 = dense_kernels(build_model(spec, 0))
+    seed_1 = dense_kernels(build_model(spec, 1))
+    second_of_0 = np.asarray(seed_0["hidden_2"]).ravel()[:1000]
+    first_of_1 = np.asarray(seed_1["hidden_1"]).ravel()[:1000]
+    assert abs(np.corrcoef(second_of_0, first_of_1)[0, 1]) < 0.2
+
+
 def test_violins_show_the_dense_kernels_of_a_batch_norm_model(default_params):
-    model = build_model(default_params.variants["mlp-256-64-bn"])
+    model = build_model(default_params.variants["mlp-256-64-bn"], 0)
     kernels = dense_kernels(model)
     # get_weights() by position would hand the violins BatchNorm's gamma/beta/mean/variance.
     assert {name: tuple(kernel.shape) for name, kernel in kernels.items()} == {
@@ -73,7 +83,7 @@ def test_violins_show_the_dense_kernels_of_a_batch_norm_model(default_params):
     }
     assert [tuple(w.shape) for w in model.get_weights()][2:4] == [(256,), (256,)]  # BN, not a kernel
 
-    figure = weight_violins(kernels, "mlp-256-64-bn")
+    figure = weight_violins({0: kernels, 1: dense_kernels(build_model(default_params.variants["mlp-256-64-bn"], 1))}, "mlp-256-64-bn")
     axis = figure.axes[0]
     assert [label.get_text() for label in axis.get_xticklabels()] == ["hidden_1", "hidden_2", "digit"]
     # The violins span the kernels' own ranges: hidden_2's stddev 0.55 dwarfs hidden_1's 0.039.

@@ -92,13 +92,13 @@ def test_an_interrupted_download_leaves_nothing_and_the_rerun_completes(tmp_path
 
 
 def small_two_variant_repo(tmp_path: Path) -> Path:
-    """A copy with two variants on 2,000 images: one quick, one long enough to interrupt."""
+    """A copy with two variants on 2,000 images and two seeds: one quick, one long enough to interrupt."""
     repo = copy_of_repository(tmp_path)
 
     def shrink(params):
-        params["data"]["subset"] = 2000
+        params["data"]["subset"], params["train"]["seeds"] = 2000, [0, 1]
         keep = {"mlp-256-64": {**params["variants"]["mlp-256-64"], "epochs": 1}}
-        keep["mlp-256-256-he-dropout"] = {**params["variants"]["mlp-256-256-he-dropout"], "batch_size": 32}
+        keep["mlp-256-256-he-dropout"] = {**params["variants"]["mlp-256-256-he-dropout"], "batch_size": 32, "epochs": 20}
         params["variants"] = keep
 
     edit_params(repo, shrink)
@@ -106,8 +106,8 @@ def small_two_variant_repo(tmp_path: Path) -> Path:
     return repo
 
 
-def wait_for_epochs(repo: Path, variant: str, epochs: int, timeout: float = 120) -> str:
-    """Wait until the variant's RUNNING run has logged `epochs` epochs; return its id."""
+def wait_for_epochs(repo: Path, run_name: str, epochs: int, timeout: float = 120) -> str:
+    """Wait until the RUNNING run `run_name` (a replicate's) has logged `epochs` epochs; return its id."""
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,13 +115,13 @@ def wait_for_epochs(repo: Path, variant: str, epochs: int, timeout: float = 120)
         try:
             runs = client.search_runs(
                 [client.get_experiment_by_name("mnist-mlp").experiment_id],
-                filter_string=f"attributes.run_name = '{variant}' and attributes.status = 'RUNNING'",
+                filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
             )
         except Exception:  # the store or the experiment is not there yet
             continue
         if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
             return runs[0].info.run_id
-    raise AssertionError(f"{variant} did not reach epoch {epochs}")
+    raise AssertionError(f"{run_name} did not reach epoch {epochs}")
 
 
 def test_interrupted_training_is_killed_cleanly_and_the_next_repro_completes(tmp_path):
@@ -132,16 +132,18 @@ def test_interrupted_training_is_killed_cleanly_and_the_next_repro_completes(tmp
     # SIGTERM (what `kill` and schedulers send) to the stage mid-training.
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.train", variant], cwd=repo, env=user_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_id = wait_for_epochs(repo, variant, 3)
+    run_id = wait_for_epochs(repo, f"{variant} seed 0", 3)
     stage.send_signal(signal.SIGTERM)
     assert stage.wait(timeout=60) != 0
-    assert client.get_run(run_id).info.status == "KILLED"
+    replicate = client.get_run(run_id)
+    assert replicate.info.status == "KILLED"
+    assert client.get_run(replicate.data.tags["mlflow.parentRunId"]).info.status == "KILLED"  # the variant's run too
     assert outputs_in(repo / "models") == [], "no half-written model"
 
     # SIGKILL to `dvc repro` and its stage together: nothing can clean up after that ...
     repro = subprocess.Popen(["dvc", "repro", f"train@{variant}"], cwd=repo, env=user_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    killed_id = wait_for_epochs(repo, variant, 3)
+    killed_id = wait_for_epochs(repo, f"{variant} seed 0", 3)
     os.killpg(repro.pid, signal.SIGKILL)
     repro.wait()
     assert client.get_run(killed_id).info.status == "RUNNING"  # as MLflow left it; see README

@@ -109,8 +109,8 @@ def test_the_served_model_pins_exactly_the_distributions_its_files_import():
     assert pinned == expected
 
 
-def test_the_data_module_needs_numpy_only():
-    assert third_party_imports("data") == {"numpy"}
+def test_the_data_and_ensemble_modules_need_numpy_only():
+    assert third_party_imports("data") == third_party_imports("ensemble") == {"numpy"}
     assert third_party_imports("errors") == set()
 
 

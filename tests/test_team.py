@@ -59,7 +59,7 @@ def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_serv
     url, artifacts = shared_server
     repo = copy_of_repository(tmp_path)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["subset"], params["train"]["max_epochs"] = 2000, 2
+    params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 2, [0, 1]
     params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -74,11 +74,13 @@ def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_serv
     client = mlflow.MlflowClient(tracking_uri=url)
     experiment = client.get_experiment_by_name("mnist-mlp")
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"mlp-256-64", "mlp-256-64-bn", "evaluate"}
+    replicates = {f"{variant} seed {seed}" for variant in ("mlp-256-64", "mlp-256-64-bn") for seed in (0, 1)}
+    assert set(runs) == {"mlp-256-64", "mlp-256-64-bn", "evaluate", *replicates}
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
     for variant in ("mlp-256-64", "mlp-256-64-bn"):
         run = runs[variant]
-        assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(runs[f"{variant} seed 1"].info.run_id, "val_accuracy")] == [1, 2]
         assert {"weights.png", "curves.png", "model_summary.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
         version = client.get_model_version_by_alias("mnist-mlp", variant)
         assert version.run_id == run.info.run_id
@@ -93,7 +95,7 @@ def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_serv
 def quick_two_variant_copy(tmp_path: Path) -> Path:
     repo = copy_of_repository(tmp_path)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["subset"], params["train"]["max_epochs"] = 2000, 1
+    params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 1, [0]
     params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "quick"], cwd=repo, check=True)
@@ -116,7 +118,7 @@ def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shar
 
     env = user_env(MLFLOW_TRACKING_URI=url)
     for seed in (1, 2):
-        subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], cwd=repo, env=env, check=True, capture_output=True)
+        subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"train.seeds=[{seed}]"], cwd=repo, env=env, check=True, capture_output=True)
     started = time.monotonic()
     subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True, capture_output=True)
     while "Queued" in (status := subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout) or "Running" in status:
@@ -127,10 +129,10 @@ def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shar
     experiment = client.get_experiment_by_name("mnist-mlp")
     new = [run for run in client.search_runs([experiment.experiment_id]) if run.info.run_id not in before]
     names = sorted(run.info.run_name for run in new)
-    assert names == ["evaluate", "evaluate", "mlp-256-64", "mlp-256-64", "mlp-256-64-bn", "mlp-256-64-bn"]
+    assert names == sorted(["evaluate", "mlp-256-64", "mlp-256-64-bn"] * 2 + [f"{v} seed {s}" for v in ("mlp-256-64", "mlp-256-64-bn") for s in (1, 2)])
     assert {run.info.status for run in new} == {"FINISHED"}
-    seeds = sorted((run.info.run_name, run.data.params["seed"]) for run in new if run.info.run_name != "evaluate")
-    assert seeds == [("mlp-256-64", "1"), ("mlp-256-64", "2"), ("mlp-256-64-bn", "1"), ("mlp-256-64-bn", "2")]
+    seeds = sorted((run.info.run_name, run.data.params["train.seeds"]) for run in new if run.info.run_name in ("mlp-256-64", "mlp-256-64-bn"))
+    assert seeds == [("mlp-256-64", "[1]"), ("mlp-256-64", "[2]"), ("mlp-256-64-bn", "[1]"), ("mlp-256-64-bn", "[2]")]
 
 
 def test_data_travel_to_a_teammate_through_a_dvc_remote(tmp_path):

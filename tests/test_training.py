@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline import tracking
-from pipeline.data import load_split
+from pipeline.data import load_split, to_features
 from pipeline.errors import SetupError
 from pipeline.evaluate import evaluate
 from pipeline.train import train
@@ -22,6 +23,7 @@ from tests.servers import free_port
 from conftest import REPO_ROOT, small_workspace, user_env
 
 VARIANT = "mlp-256-64-bn"
+SEEDS = [0, 1]
 
 
 @pytest.fixture
@@ -30,87 +32,130 @@ def workspace(tmp_path, monkeypatch, canonical_npz, default_params):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    return small_workspace(tmp_path, default_params, canonical_npz, subset=600, max_epochs=2)
+    return small_workspace(tmp_path, default_params, canonical_npz, subset=600, max_epochs=2, seeds=SEEDS)
 
 
 def only_variants(params, *names):
     return params.model_copy(update={"variants": {name: params.variants[name] for name in names}})
 
 
-def test_a_trained_variant_is_saved_and_fully_tracked(workspace, tmp_path):
+def runs_by_name(client) -> dict:
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    return {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+
+
+def test_a_variant_trains_a_replicate_per_seed_saved_and_tracked(workspace, tmp_path):
     metrics = train(workspace, VARIANT)
 
     saved = json.loads((tmp_path / f"reports/train/{VARIANT}/metrics.json").read_text())
-    assert saved == metrics and saved["epochs"] == 2 and saved["params"] == 219_338
-    history = pd.read_csv(tmp_path / f"reports/history/{VARIANT}.csv")
-    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-    assert history["epoch"].tolist() == [1, 2]
-    assert (tmp_path / f"models/{VARIANT}.keras").is_file()
+    assert saved == metrics and saved["seeds"] == SEEDS and saved["epochs"] == 2 and saved["params"] == 219_338
+    replicates = pd.DataFrame(saved["replicates"]).set_index("seed")
+    assert saved["val_accuracy"] == pytest.approx(replicates["val_accuracy"].mean())
+    assert saved["val_accuracy_std"] == pytest.approx(replicates["val_accuracy"].std(ddof=1))
+    assert saved["train_seconds"] == pytest.approx(replicates["train_seconds"].sum(), abs=0.02)
+    histories = {seed: pd.read_csv(tmp_path / f"reports/history/{VARIANT}/seed-{seed}.csv") for seed in SEEDS}
+    for seed, history in histories.items():
+        assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+        assert history["epoch"].tolist() == [1, 2]
+        assert history["val_accuracy"].iloc[-1] == pytest.approx(replicates.loc[seed, "val_accuracy"])
+        assert (tmp_path / f"models/{VARIANT}/seed-{seed}.keras").is_file()
+    assert not histories[0]["loss"].equals(histories[1]["loss"])  # two seeds, two trajectories
 
     client = mlflow.MlflowClient()
-    (run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list")
-    assert run.info.run_name == VARIANT and run.info.status == "FINISHED"
-    p = run.data.params
+    runs = runs_by_name(client)
+    assert set(runs) == {VARIANT, f"{VARIANT} seed 0", f"{VARIANT} seed 1"}
+    parent = runs[VARIANT]
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
+    p = parent.data.params
     assert (p["hidden_layers"], p["batch_norm"], p["dropout"], p["init_stddev"]) == ("[256, 64]", "True", "0.0", "[0.039, 0.55]")
-    assert (p["param_count"], p["data.subset"], p["train.max_epochs"], p["epochs"]) == ("219338", "600", "2", "20")
+    assert (p["param_count"], p["data.subset"], p["train.max_epochs"], p["train.seeds"]) == ("219338", "600", "2", "[0, 1]")
+    assert parent.data.tags["dvc_stage"] == f"train@{VARIANT}" and len(parent.data.tags["params_hash"]) == 16
+    # The parent: per-epoch mean and standard deviation over the replicates, final aggregates, figures.
+    stacked = pd.concat(histories.values())
     for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        steps = client.get_metric_history(run.info.run_id, name)
-        assert [m.step for m in steps] == [1, 2]
-        assert [m.value for m in steps] == pytest.approx(history[name].tolist())
-    assert run.data.metrics["final_val_accuracy"] == pytest.approx(metrics["val_accuracy"])
-    assert run.data.metrics["final_train_seconds"] == pytest.approx(metrics["train_seconds"])
-    assert run.data.tags["dvc_stage"] == f"train@{VARIANT}"
-    assert len(run.data.tags["params_hash"]) == 16 and run.data.tags["git_commit"]
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"weights.png", "curves.png", "model_summary.txt"} <= artifacts
-    inputs = {d.dataset.name: [t.value for t in d.tags] for d in run.inputs.dataset_inputs}
+        means = client.get_metric_history(parent.info.run_id, name)
+        spreads = client.get_metric_history(parent.info.run_id, f"{name}_std")
+        assert [m.step for m in means] == [m.step for m in spreads] == [1, 2]
+        assert [m.value for m in means] == pytest.approx(stacked.groupby("epoch")[name].mean().tolist())
+        assert [m.value for m in spreads] == pytest.approx(stacked.groupby("epoch")[name].std().tolist())
+    assert parent.data.metrics["final_val_accuracy"] == pytest.approx(metrics["val_accuracy"])
+    assert parent.data.metrics["final_val_accuracy_std"] == pytest.approx(metrics["val_accuracy_std"])
+    assert {"weights.png", "curves.png", "model_summary.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    inputs = {d.dataset.name: [t.value for t in d.tags] for d in parent.inputs.dataset_inputs}
     assert inputs == {"mnist-training": ["training"], "mnist-validation": ["validation"]}
+    # Each child: its seed, its per-epoch metrics, its final metrics and its model file.
+    for seed in SEEDS:
+        child = runs[f"{VARIANT} seed {seed}"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params["seed"] == str(seed) and child.data.params["hidden_layers"] == "[256, 64]"
+        steps = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in steps] == [1, 2]
+        assert [m.value for m in steps] == pytest.approx(histories[seed]["val_accuracy"].tolist())
+        assert child.data.metrics["final_val_accuracy"] == pytest.approx(replicates.loc[seed, "val_accuracy"])
+        assert f"seed-{seed}.keras" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
+    # One registered version: the seed ensemble, its code what serving runs, its pins what that imports.
     version = client.get_model_version_by_alias("mnist-mlp", VARIANT)
-    assert int(version.version) == 1 and version.run_id == run.info.run_id
-    assert version.tags["model_md5"] == tracking.model_md5(tmp_path / f"models/{VARIANT}.keras")
-
-    # Its code is the package files serving runs, its requirements what they import.
+    assert int(version.version) == 1 and version.run_id == parent.info.run_id
+    assert json.loads(version.tags["seeds"]) == SEEDS
+    model_files = [tmp_path / f"models/{VARIANT}/seed-{seed}.keras" for seed in SEEDS]
+    assert version.tags["models_md5"] == tracking.models_md5(model_files)
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/mnist-mlp@{VARIANT}"))
     assert sorted(p.name for p in (model_dir / "code/pipeline").iterdir()) == sorted(tracking.SERVED_FILES)
     requirements = (model_dir / "requirements.txt").read_text().split()
     assert sorted(requirements) == sorted(tracking.serving_requirements())
     assert version.tags["serving_code_md5"] == tracking.serving_code_md5()
 
-    # The registered model takes raw pixels and answers digits.
+    # The served ensemble answers raw pixels with exactly the mean of its members' probabilities.
     x_val, y_val = load_split(tmp_path / "data/processed/validation.npz")
     served = mlflow.pyfunc.load_model(f"models:/mnist-mlp@{VARIANT}")
-    answer = served.predict(np.rint(x_val[:50] * 255).astype(np.float64))
+    answer = served.predict(np.rint(x_val[:200] * 255).astype(np.float64))
     assert list(answer.columns) == ["digit", "probabilities"]
-    assert (answer["digit"].to_numpy() == y_val[:50].argmax(axis=1)).mean() > 0.5
-    assert np.allclose([sum(p) for p in answer["probabilities"]], 1.0, atol=1e-5)
+    members = [keras.saving.load_model(path, compile=False) for path in model_files]
+    features = to_features(np.rint(x_val[:200] * 255))
+    expected = np.mean(np.stack([member.predict_on_batch(features) for member in members]), axis=0)
+    np.testing.assert_array_equal(np.array(answer["probabilities"].tolist(), dtype=np.float32), expected)
+    np.testing.assert_array_equal(answer["digit"].to_numpy(), expected.argmax(axis=1))
+    assert (answer["digit"].to_numpy() == y_val[:200].argmax(axis=1)).mean() > 0.5
 
 
 def test_the_same_params_give_the_same_metrics(workspace, tmp_path):
     first = train(workspace, "mlp-256-64-bn-dropout")
-    first_history = (tmp_path / "reports/history/mlp-256-64-bn-dropout.csv").read_text()
+    first_history = (tmp_path / "reports/history/mlp-256-64-bn-dropout/seed-1.csv").read_text()
     second = train(workspace, "mlp-256-64-bn-dropout")
-    second_history = (tmp_path / "reports/history/mlp-256-64-bn-dropout.csv").read_text()
-    first.pop("train_seconds"), second.pop("train_seconds")
+    second_history = (tmp_path / "reports/history/mlp-256-64-bn-dropout/seed-1.csv").read_text()
+    for metrics in (first, second):
+        metrics.pop("train_seconds")
+        for replicate in metrics["replicates"]:
+            replicate.pop("train_seconds")
     assert first == second
     assert first_history == second_history
 
 
-def test_evaluate_picks_by_validation_and_restores_a_lost_store(workspace, tmp_path, monkeypatch):
-    params = only_variants(workspace, "mlp-256-64", "mlp-256-64-bn")
+def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_path, monkeypatch):
+    params = only_variants(workspace, "mlp-256-64", "mlp-256-64-bn", "mlp-256-256-he-dropout")
     for variant in params.variants:
         train(params, variant)
     champion = evaluate(params)
 
     table = pd.read_csv(tmp_path / "reports/comparison.csv")
     assert list(table.columns) == [
-        "variant", "hidden_layers", "batch_norm", "dropout", "params", "epochs",
-        "val_accuracy", "test_loss", "test_accuracy", "train_seconds",
+        "variant", "hidden_layers", "batch_norm", "dropout", "params", "epochs", "seeds",
+        "val_accuracy_mean", "val_accuracy_std", "test_accuracy_mean", "test_accuracy_std",
+        "test_accuracy_ci_low", "test_accuracy_ci_high", "test_loss_mean", "ensemble_test_accuracy",
+        "prob_champion_better", "p_vs_champion", "tied_with_champion", "train_seconds",
     ]
-    assert champion == table.loc[table["val_accuracy"].idxmax(), "variant"] == table["variant"][0]
+    assert champion == table["variant"][0] == table.loc[table["val_accuracy_mean"].idxmax(), "variant"]
+    assert (table["seeds"] == 2).all() and table["val_accuracy_mean"].is_monotonic_decreasing
     assert table.set_index("variant").loc["mlp-256-64-bn", "hidden_layers"] == "256-64"
-    assert (tmp_path / "reports/comparison.md").read_text().startswith(f"Champion (best validation accuracy): **{champion}**")
-    assert json.loads((tmp_path / "reports/metrics.json").read_text())["champion"] == champion
+    assert (table["test_accuracy_ci_low"] <= table["test_accuracy_mean"]).all()
+    assert (table["test_accuracy_mean"] <= table["test_accuracy_ci_high"]).all()
+    assert table["p_vs_champion"].isna()[0] and table["p_vs_champion"][1:].between(0, 1).all()
+    assert set(table["tied_with_champion"][1:]) <= {True, False}
+    markdown = (tmp_path / "reports/comparison.md").read_text()
+    assert markdown.startswith(f"**Champion: {champion}**") and "McNemar" in markdown
+    summary = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert summary["champion"] == champion and summary["mcnemar_vs_runner_up"]["runner_up"] == table["variant"][1]
     client = mlflow.MlflowClient()
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
     (evaluate_run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], filter_string="run_name = 'evaluate'", output_format="list")
@@ -124,19 +169,40 @@ def test_evaluate_picks_by_validation_and_restores_a_lost_store(workspace, tmp_p
     client = mlflow.MlflowClient()
     for variant in params.variants:
         version = client.get_model_version_by_alias("mnist-mlp", variant)
-        assert version.tags["model_md5"] == tracking.model_md5(tmp_path / f"models/{variant}.keras")
+        files = [tmp_path / f"models/{variant}/seed-{seed}.keras" for seed in SEEDS]
+        assert version.tags["models_md5"] == tracking.models_md5(files)
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
     # Run again against the now complete store: nothing is registered twice.
     evaluate(params)
-    assert len(client.search_model_versions("name = 'mnist-mlp'")) == 2
+    assert len(client.search_model_versions("name = 'mnist-mlp'")) == 3
+
+
+def test_one_seed_still_gives_the_table_with_empty_spreads(workspace, tmp_path):
+    params = only_variants(workspace, "mlp-256-64", "mlp-256-64-bn")
+    params = params.model_copy(update={"train": params.train.model_copy(update={"seeds": [0]})})
+    for variant in params.variants:
+        metrics = train(params, variant)
+        assert metrics["seeds"] == [0] and metrics["val_accuracy_std"] is None
+    champion = evaluate(params)
+
+    table = pd.read_csv(tmp_path / "reports/comparison.csv")
+    assert table["variant"][0] == champion and (table["seeds"] == 1).all()
+    spreads = ["val_accuracy_std", "test_accuracy_std", "test_accuracy_ci_low", "test_accuracy_ci_high",
+               "prob_champion_better", "p_vs_champion", "tied_with_champion"]
+    assert table[spreads].isna().all().all()
+    assert table["test_accuracy_mean"].notna().all() and table["ensemble_test_accuracy"].notna().all()
+    assert "With one seed per variant there is no spread" in (tmp_path / "reports/comparison.md").read_text()
+    summary_text = (tmp_path / "reports/metrics.json").read_text()
+    assert "NaN" not in summary_text and json.loads(summary_text)["champion_val_accuracy_std"] is None
+    parent = runs_by_name(mlflow.MlflowClient())["mlp-256-64"]
+    assert "final_val_accuracy_std" not in parent.data.metrics
 
 
 def test_the_mirrored_strategy_trains_on_the_cpu(workspace, tmp_path):
     params = workspace.model_copy(update={"train": workspace.train.model_copy(update={"strategy": "mirrored"})})
     metrics = train(params, "mlp-256-64")
     assert metrics["epochs"] == 2 and metrics["val_accuracy"] > 0.5
-    (run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list")
-    assert run.data.params["train.strategy"] == "mirrored"
+    assert runs_by_name(mlflow.MlflowClient())["mlp-256-64"].data.params["train.strategy"] == "mirrored"
 
 
 def test_multi_worker_without_tf_config_is_refused_before_training(workspace, monkeypatch):
@@ -163,6 +229,7 @@ def test_two_workers_train_one_variant_and_only_the_chief_logs_and_writes(tmp_pa
     small_workspace(tmp_path, default_params, canonical_npz, subset=600, max_epochs=2)
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     raw["data"]["subset"], raw["train"]["max_epochs"], raw["train"]["strategy"] = 600, 2, "multi_worker"
+    raw["train"]["seeds"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = user_env(PYTHONPATH=str(REPO_ROOT))  # MLflow's default store: the chief's ./mlflow.db
 
@@ -175,12 +242,13 @@ def test_two_workers_train_one_variant_and_only_the_chief_logs_and_writes(tmp_pa
     # One model trained by both: the worker's last validation is the chief's.
     chief_val = json.loads((tmp_path / "reports/train/mlp-256-64/metrics.json").read_text())["val_accuracy"]
     assert f"val_accuracy {chief_val:.4f}" in worker_out and chief_val > 0.5
-    assert (tmp_path / "models/mlp-256-64.keras").is_file()
+    assert (tmp_path / "models/mlp-256-64/seed-0.keras").is_file()
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], output_format="list")  # the chief's alone
-    assert run.data.params["train.strategy"] == "multi_worker"
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = runs_by_name(client)
+    assert set(runs) == {"mlp-256-64", "mlp-256-64 seed 0"}  # the chief's alone
+    assert runs["mlp-256-64"].data.params["train.strategy"] == "multi_worker"
+    history = client.get_metric_history(runs["mlp-256-64 seed 0"].info.run_id, "val_accuracy")
     assert [metric.step for metric in history] == [1, 2]
     assert history[-1].value == pytest.approx(chief_val)
 
