@@ -8,6 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def ensemble_probabilities(members, features: np.ndarray) -> np.ndarray:
-    """The mean of the members' class probabilities for `features` (one compiled call each)."""
-    return np.mean([member.predict_on_batch(features) for member in members], axis=0)
+def ensemble_probabilities(member_probabilities: list[np.ndarray]) -> np.ndarray:
+    """The mean of the members' class probabilities, in the order given (members sorted by seed)."""
+    return np.mean(member_probabilities, axis=0)

@@ -75,11 +75,12 @@ def score_variant(variant: str, metrics: dict, x_test, y_test) -> tuple[pd.DataF
     seeds = sorted(metrics["seeds"])  # the order the served ensemble averages in, to the last bit
     members = [keras.saving.load_model(replicate_model_path(variant, seed), compile=False) for seed in seeds]
     validation = {r["seed"]: r["val_accuracy"] for r in metrics["replicates"]}
+    probabilities = [member.predict_on_batch(x_test) for member in members]
     rows = []
-    for seed, member in zip(seeds, members):
-        loss, accuracy, _ = scores_on_test(member.predict_on_batch(x_test), y_test)
+    for seed, member_probabilities in zip(seeds, probabilities):
+        loss, accuracy, _ = scores_on_test(member_probabilities, y_test)
         rows.append({"variant": variant, "seed": seed, "val_accuracy": validation[seed], "test_loss": loss, "test_accuracy": accuracy})
-    _, ensemble_accuracy, ensemble_correct = scores_on_test(ensemble_probabilities(members, x_test), y_test)
+    _, ensemble_accuracy, ensemble_correct = scores_on_test(ensemble_probabilities(probabilities), y_test)
     return pd.DataFrame(rows), ensemble_accuracy, ensemble_correct
 
 
@@ -145,6 +146,10 @@ def finite(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def tied_variants(table: pd.DataFrame) -> list[str]:
+    return table[table["tied_with_champion"] == True]["variant"].tolist()  # noqa: E712 (NA-aware)
+
+
 def summary_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> str:
     champion = table.iloc[0]
     name, k = champion["variant"], len(seeds)
@@ -158,7 +163,7 @@ def summary_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> s
             "is no spread to measure: intervals, probabilities and tests are left empty, and one random draw decides. "
             "Train several seeds (`train.seeds`) to compare variants."
         )
-    ties = table[table["tied_with_champion"] == True]["variant"].tolist()  # noqa: E712 (NA-aware)
+    ties = tied_variants(table)
     gain = 100 * (champion["ensemble_test_accuracy"] - champion["test_accuracy_mean"])
     return text + (
         f"its mean test accuracy is {champion['test_accuracy_mean']:.4f}, 95% t-interval "
@@ -186,8 +191,8 @@ def write_reports(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict, 
         f.write(summary_paragraph(table, mcnemar, seeds) + "\n\n")
         shown = table[COLUMNS].astype(object).where(table[COLUMNS].notna(), None)  # empty cells, not nan
         f.write(shown.to_markdown(index=False, floatfmt=MARKDOWN_FORMATS, missingval="") + "\n")
-    tied = table[table["tied_with_champion"] == True]["variant"].tolist()  # noqa: E712 (NA-aware)
-    plots.save_png(plots.comparison_chart(table, replicates, champion["variant"], tied), REPORTS_DIR / "comparison.png")
+    chart = plots.comparison_chart(table, replicates, champion["variant"], tied_variants(table))
+    plots.save_png(chart, REPORTS_DIR / "comparison.png")
     summary = {
         "champion": champion["variant"],
         "seeds": seeds,

@@ -79,10 +79,7 @@ def comparison_chart(table: pd.DataFrame, replicates: pd.DataFrame, champion: st
     for axis, split in zip(axes, ["val", "test"]):
         sns.stripplot(data=replicates, x=f"{split}_accuracy", y="variant", order=order, color="0.55", size=4, jitter=0.15, ax=axis)
         means = table[f"{split}_accuracy_mean"].to_numpy()
-        if split == "test":
-            low, high = table["test_accuracy_ci_low"].to_numpy(), table["test_accuracy_ci_high"].to_numpy()
-        else:
-            low, high = table["val_accuracy_ci_low"].to_numpy(), table["val_accuracy_ci_high"].to_numpy()
+        low, high = table[f"{split}_accuracy_ci_low"].to_numpy(), table[f"{split}_accuracy_ci_high"].to_numpy()
         errors = np.nan_to_num([means - low, high - means])  # one seed: no interval to draw
         axis.errorbar(means, rows, xerr=errors, fmt="o", color="C0", capsize=3, label="mean, 95% t-interval")
         if split == "test":
