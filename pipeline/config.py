@@ -88,6 +88,9 @@ class SpeedParams(_Section):
 
     steps_per_execution: PositiveInt
     validation_batch_size: PositiveInt
+    # true: a variant's seeds train side by side in one program; false: one after another.
+    # Each replicate computes the same either way (tests/test_together.py), within float rounding.
+    replicates_together: bool
 
 
 class VariantSpec(FitSettings):

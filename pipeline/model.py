@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from pipeline.config import VariantSpec
 from pipeline.data import IMAGE_PIXELS, NUM_CLASSES
@@ -38,11 +39,30 @@ def hidden_initializer(spec: VariantSpec, seed: int, layer: int) -> keras.initia
     return INITIALIZERS[spec.initializer](seed=seed)
 
 
-def build_model(spec: VariantSpec, seed: int, steps_per_execution: int = 1) -> keras.Sequential:
-    """Dense -> [BatchNormalization] -> [Dropout] per hidden layer, then a softmax layer.
+class ThreefryDropout(keras.layers.Dropout):
+    """Keras' Dropout with its masks drawn by the Threefry algorithm, for training under XLA.
 
-    steps_per_execution changes how fast it trains, not what it learns.
+    Keras draws them with TensorFlow's "auto_select" algorithm, which XLA on a CPU turns into a
+    mask many times slower than the layer's matrix products (docs/training-speed.md); an explicit
+    Threefry costs little there. Same seed, same masks. Only training draws masks, so the saved
+    models carry Keras' own Dropout (export_replicate).
     """
+
+    def call(self, inputs, training=False):
+        if not (training and self.rate > 0):
+            return inputs
+        # Keras' seed state is int64; the stateless ops want int32, folded as Keras folds it.
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+        keep = tf.random.stateless_uniform(tf.shape(inputs), seed, alg="threefry") >= self.rate
+        return tf.where(keep, inputs / (1 - self.rate), tf.zeros_like(inputs))
+
+
+def build_network(spec: VariantSpec, seed: int, name: str = "mlp", for_xla_training: bool = False) -> keras.Sequential:
+    """Dense -> [BatchNormalization] -> [Dropout] per hidden layer, then a softmax layer; not compiled.
+
+    for_xla_training swaps in ThreefryDropout, the one difference between what trains and what is saved.
+    """
+    dropout_layer = ThreefryDropout if for_xla_training else keras.layers.Dropout
     layers: list[keras.layers.Layer] = [keras.Input(shape=(IMAGE_PIXELS,), name="pixels")]
     for index, units in enumerate(spec.hidden_layers):
         number = index + 1
@@ -53,20 +73,64 @@ def build_model(spec: VariantSpec, seed: int, steps_per_execution: int = 1) -> k
         if spec.batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{number}"))
         if spec.dropout:
-            layers.append(keras.layers.Dropout(spec.dropout, seed=layer_seed(seed, index), name=f"dropout_{number}"))
+            layers.append(dropout_layer(spec.dropout, seed=layer_seed(seed, index), name=f"dropout_{number}"))
     output_initializer = INITIALIZERS[spec.output_initializer](seed=layer_seed(seed, len(spec.hidden_layers)))
     layers.append(
         keras.layers.Dense(NUM_CLASSES, activation="softmax", name="digit", kernel_initializer=output_initializer)
     )
-    model = keras.Sequential(layers, name="mlp")
+    return keras.Sequential(layers, name=name)
+
+
+def compile_for_training(
+    model: keras.Model, spec: VariantSpec, steps_per_execution: int, outputs: list[str] | None = None
+) -> keras.Model:
+    """The variant's optimizer; cross-entropy and accuracy on every one of `outputs` (the losses summed).
+
+    steps_per_execution changes how fast it trains, not what it learns.
+    """
     model.compile(
         optimizer=OPTIMIZERS[spec.optimizer](learning_rate=spec.learning_rate),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
+        loss={key: "categorical_crossentropy" for key in outputs} if outputs else "categorical_crossentropy",
+        metrics={key: ["accuracy"] for key in outputs} if outputs else ["accuracy"],
         steps_per_execution=steps_per_execution,
         jit_compile=spec.jit_compile,
     )
     return model
+
+
+def build_model(spec: VariantSpec, seed: int, steps_per_execution: int = 1) -> keras.Sequential:
+    """One replicate's network, compiled to train alone (the notebooks' way, and multi_worker's)."""
+    return compile_for_training(build_network(spec, seed), spec, steps_per_execution)
+
+
+def replicate_key(seed: int) -> str:
+    """The name of a replicate's input and output in a together model, and its metrics' prefix."""
+    return f"seed_{seed}"
+
+
+def build_replicates(spec: VariantSpec, seeds: list[int], steps_per_execution: int = 1) -> keras.Model:
+    """The replicates of `seeds` as one model: independent networks side by side, one input and
+    one output each, trained by one compiled program.
+
+    Keras sums the outputs' losses, and each network's weights reach that sum through its own
+    loss only: the optimizer updates every copy exactly as if it trained alone. Each copy keeps its
+    seed's initial weights and Dropout masks (the data order is the caller's, per input).
+    """
+    inputs, outputs = {}, {}
+    for seed in seeds:
+        key = replicate_key(seed)
+        network = build_network(spec, seed, name=f"mlp_{key}", for_xla_training=spec.jit_compile)
+        inputs[key] = keras.Input(shape=(IMAGE_PIXELS,), name=key)
+        outputs[key] = network(inputs[key])
+    model = keras.Model(inputs, outputs, name="replicates")
+    return compile_for_training(model, spec, steps_per_execution, list(outputs))
+
+
+def export_replicate(replicates: keras.Model, spec: VariantSpec, seed: int) -> keras.Sequential:
+    """One copy of a together model as an ordinary Keras model: Keras' own layers, its trained weights."""
+    network = build_network(spec, seed)
+    network.set_weights(replicates.get_layer(f"mlp_{replicate_key(seed)}").get_weights())
+    return network
 
 
 def dense_kernels(model: keras.Model) -> dict[str, "keras.Variable"]:

@@ -17,13 +17,13 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import keras
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
 
@@ -106,7 +106,7 @@ def run(name: str, tags: dict[str, str], params: dict | None = None) -> Iterator
     with mlflow.start_run(run_name=name, nested=nested, tags={"git_commit": git_commit(), **tags}) as active:
         try:
             if params:
-                mlflow.log_params({key: json.dumps(value) if isinstance(value, list) else value for key, value in params.items()})
+                mlflow.log_params(_logged_params(params))
             yield active
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under stage.stop_on_sigterm()
             mlflow.end_run(status="KILLED")  # not FAILED, and never left RUNNING
@@ -123,22 +123,61 @@ def log_datasets(splits: dict[str, tuple[np.ndarray, np.ndarray, Path]]) -> None
         mlflow.log_input(dataset, context=context)
 
 
-class EpochMetrics(keras.callbacks.Callback):
-    """Logs Keras' epoch metrics with step = epoch number (1-based, as in history.csv).
+def _logged_params(params: dict) -> dict[str, str]:
+    return {key: json.dumps(value) if isinstance(value, list) else str(value) for key, value in params.items()}
 
-    mlflow.keras.MlflowCallback counts epochs from 0 and logs every validation pass again
-    as step-less `validation_*` metrics, so this three-line callback replaces it.
+
+@contextlib.contextmanager
+def run_per_seed(variant: str, seeds: list[int], tags: dict[str, str], params: dict) -> Iterator[dict[int, str]]:
+    """Child runs of the active (variant) run, one per seed, open together while their copies train:
+    their run ids by seed. Finished together, or marked KILLED / FAILED together."""
+    client, parent = mlflow.MlflowClient(), mlflow.active_run().info
+    run_ids: dict[int, str] = {}
+    try:
+        for seed in seeds:
+            child = client.create_run(
+                parent.experiment_id,
+                run_name=f"{variant} seed {seed}",
+                tags={"mlflow.parentRunId": parent.run_id, "git_commit": git_commit(), **tags},
+            )
+            run_ids[seed] = child.info.run_id
+            logged = _logged_params({**params, "seed": seed})
+            client.log_batch(run_ids[seed], params=[Param(key, value) for key, value in logged.items()])
+        yield run_ids
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"  # Ctrl-C or SIGTERM: KILLED
+        for run_id in run_ids.values():
+            client.set_terminated(run_id, status)
+        raise
+    for run_id in run_ids.values():
+        client.set_terminated(run_id, "FINISHED")
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """Logs each replicate's epoch metrics into its run, step = epoch number (1-based, as in history.csv).
+
+    split_logs turns Keras' logs into metrics per seed. mlflow.keras.MlflowCallback counts epochs
+    from 0, logs into one run, and logs every validation pass again as step-less `validation_*`
+    metrics, so this callback replaces it.
     """
+
+    def __init__(self, run_ids: dict[int, str], split_logs: Callable[[dict], dict[int, dict[str, float]]]):
+        super().__init__()
+        self.run_ids, self.split_logs = run_ids, split_logs
 
     def on_epoch_end(self, epoch, logs=None):
         # Synchronous: MLflow's asynchronous logging costs more when the run ends than it saves here.
-        mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch + 1)
+        timestamp, client = int(time.time() * 1000), mlflow.MlflowClient()
+        for seed, metrics in self.split_logs(logs or {}).items():
+            batch = [Metric(name, float(value), timestamp, epoch + 1) for name, value in metrics.items()]
+            client.log_batch(self.run_ids[seed], metrics=batch)
 
 
-def record_replicate(metrics: dict[str, float], model_file: Path) -> None:
+def record_replicate(run_id: str, metrics: dict[str, float], model_file: Path) -> None:
     """What a trained replicate adds to its run: its final metrics and its model file."""
-    mlflow.log_metrics({f"final_{name}": value for name, value in metrics.items()})
-    mlflow.log_artifact(str(model_file))
+    timestamp, client = int(time.time() * 1000), mlflow.MlflowClient()
+    client.log_batch(run_id, metrics=[Metric(f"final_{name}", value, timestamp, 0) for name, value in metrics.items()])
+    client.log_artifact(run_id, str(model_file))
 
 
 def record_variant(

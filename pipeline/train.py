@@ -26,7 +26,7 @@ from pipeline.paths import (
     train_reports_dir,
 )
 
-METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
+METRICS = list(training.METRICS)
 FIGURES = ("weights.png", "curves.png")
 
 
@@ -108,10 +108,11 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
     seeds, epochs = params.train.seeds, params.epochs(variant)
     print(f"train@{variant}: seeds {seeds}, {epochs} epochs each, {len(train_split[0]):,} images")
 
+    groups = training.replicate_groups(params)
     if not training.is_chief(strategy):  # a worker of several: it trains, the chief records
-        for seed in seeds:
-            _, history = training.train_replicate(params, variant, seed, strategy, train_split, validation_split)
-            print(f"train@{variant}: seed {seed} worker done, val_accuracy {history['val_accuracy'][-1]:.4f}")
+        for group in groups:
+            for seed, (_, history) in training.train_group(params, variant, group, strategy, train_split, validation_split).items():
+                print(f"train@{variant}: seed {seed} worker done, val_accuracy {history['val_accuracy'][-1]:.4f}")
         return {}
 
     used = used_params(params, variant)
@@ -124,18 +125,19 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
                 "validation": (*validation_split, split_path("validation", processed_dir)),
             }
         )
-        for seed in seeds:  # one after another, each in a child run
-            with tracking.run(f"{variant} seed {seed}", stage_tag, params={**used, "seed": seed}):
+        for group in groups:  # every seed at once, or one after another; a child run per seed
+            with tracking.run_per_seed(variant, group, stage_tag, used) as run_ids:
                 started = time.perf_counter()
-                model, history = training.train_replicate(
-                    params, variant, seed, strategy, train_split, validation_split, [tracking.EpochMetrics()]
-                )
-                curves = history_frame(history)
-                replicates[seed] = replicate_metrics(curves, time.perf_counter() - started)
-                write_replicate(variant, seed, model, curves)
-                tracking.record_replicate(replicates[seed], replicate_model_path(variant, seed))
-            models[seed], histories[seed] = model, curves.assign(seed=seed)
-            print(f"train@{variant}: seed {seed} val_accuracy {replicates[seed]['val_accuracy']:.4f}")
+                epoch_metrics = tracking.EpochMetrics(run_ids, lambda logs, group=group: training.split_logs(logs, group))
+                trained = training.train_group(params, variant, group, strategy, train_split, validation_split, [epoch_metrics])
+                seconds = (time.perf_counter() - started) / len(group)  # the group's time, shared equally
+                for seed, (model, history) in trained.items():
+                    curves = history_frame(history)
+                    replicates[seed] = replicate_metrics(curves, seconds)
+                    write_replicate(variant, seed, model, curves)
+                    tracking.record_replicate(run_ids[seed], replicates[seed], replicate_model_path(variant, seed))
+                    models[seed], histories[seed] = model, curves.assign(seed=seed)
+                    print(f"train@{variant}: seed {seed} val_accuracy {replicates[seed]['val_accuracy']:.4f}")
 
         metrics = variant_metrics(replicates, epochs, model.count_params())
         write_variant(variant, models, histories, metrics)

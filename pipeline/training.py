@@ -1,5 +1,8 @@
-"""Training one replicate of a variant: a Keras model and its per-epoch history, nothing written,
+"""Training a variant's replicates: Keras models and their per-epoch histories, nothing written,
 nothing logged.
+
+Replicates train together (one program holding a copy per seed, model.build_replicates) or, behind
+`speed.replicates_together: false`, one after another through the very same code, in groups of one.
 
 The train stage records what comes out (pipeline.train, pipeline.tracking); benchmarks and
 tests call the same functions.
@@ -13,9 +16,10 @@ import tensorflow as tf
 
 from pipeline import multi_worker
 from pipeline.config import Params
-from pipeline.model import build_model
+from pipeline.model import build_model, build_replicates, export_replicate, replicate_key
 
 Split = tuple[np.ndarray, np.ndarray]
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
@@ -35,56 +39,121 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return multi_worker.is_chief(strategy)
 
 
-def fit(
-    model: keras.Model,
-    params: Params,
-    variant: str,
-    seed: int,
-    train: Split,
-    validation: Split,
-    callbacks,
-    verbose: int = 2,
-) -> dict[str, list[float]]:
-    """Keras' fit with the variant's batch size and epochs, validating after every epoch: the history.
-
-    Under multi_worker, tf.distribute's own loop: Keras' fit cannot train there yet.
-    """
-    spec, epochs = params.variants[variant], params.epochs(variant)
-    if params.train.strategy == "multi_worker":
-        return multi_worker.fit(
-            model,
-            model.distribute_strategy,
-            train,
-            validation,
-            spec.batch_size,
-            params.speed.validation_batch_size,
-            epochs,
-            seed,
-            callbacks,
-        )
-    history = model.fit(
-        *train,
-        batch_size=spec.batch_size,
-        epochs=epochs,
-        validation_data=validation,
-        validation_batch_size=params.speed.validation_batch_size,
-        callbacks=callbacks,
-        verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
+def train_alone_multi_worker(
+    params: Params, variant: str, seed: int, strategy: tf.distribute.Strategy, train: Split, validation: Split, callbacks
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """One replicate under multi_worker, with tf.distribute's own loop: Keras' fit cannot train there yet."""
+    spec = params.variants[variant]
+    keras.utils.set_random_seed(seed)  # the data order; the layers carry their own seeds
+    with strategy.scope():  # variables on every worker; batches split between them
+        model = build_model(spec, seed, params.speed.steps_per_execution)
+    history = multi_worker.fit(
+        model,
+        strategy,
+        train,
+        validation,
+        spec.batch_size,
+        params.speed.validation_batch_size,
+        params.epochs(variant),
+        seed,
+        list(callbacks),
     )
-    return history.history
+    return model, history
 
 
-def train_replicate(
+def replicate_batches(train: Split, seeds: list[int], batch_size: int) -> tf.data.Dataset:
+    """Endless training batches for a together model: per seed, its own images in its own order.
+
+    The order of epoch e for seed s is a stateless shuffle keyed by (s, e): the same alone or
+    together, on every rerun, whatever else drew random numbers.
+    """
+    images, labels = tf.constant(train[0]), tf.constant(train[1])
+    positions = tf.range(len(train[0]), dtype=tf.int64)
+
+    def epoch_order(seed: int) -> tf.data.Dataset:
+        orders = tf.data.Dataset.range(2**62).map(
+            lambda epoch: tf.random.experimental.index_shuffle(positions, tf.stack([tf.constant(seed, tf.int64), epoch]), len(train[0]) - 1)
+        )
+        return orders.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+
+    keys = [replicate_key(seed) for seed in seeds]
+
+    def gather(*indices):
+        return (
+            {key: tf.gather(images, index) for key, index in zip(keys, indices)},
+            {key: tf.gather(labels, index) for key, index in zip(keys, indices)},
+        )
+
+    return tf.data.Dataset.zip(tuple(epoch_order(seed) for seed in seeds)).map(gather).prefetch(4)
+
+
+def replicate_validation(validation: Split, seeds: list[int], batch_size: int) -> tf.data.Dataset:
+    """The validation images, one feed per copy: each is judged on all of them."""
+    keys = [replicate_key(seed) for seed in seeds]
+    return (
+        tf.data.Dataset.from_tensor_slices(validation)
+        .batch(batch_size)
+        .map(lambda x, y: ({key: x for key in keys}, {key: y for key in keys}))
+        .cache()
+    )
+
+
+def split_logs(logs: dict, seeds: list[int]) -> dict[int, dict[str, float]]:
+    """Keras' logs of a together model (`val_seed_3_accuracy`, ...) per seed (`val_accuracy`, ...).
+
+    A model of one copy has Keras' plain names already.
+    """
+    if len(seeds) == 1:
+        return {seeds[0]: {name: logs[name] for name in METRICS}}
+    return {
+        seed: {
+            name: logs[f"val_{replicate_key(seed)}_{name[4:]}" if name.startswith("val_") else f"{replicate_key(seed)}_{name}"]
+            for name in METRICS
+        }
+        for seed in seeds
+    }
+
+
+def train_group(
     params: Params,
     variant: str,
-    seed: int,
+    seeds: list[int],
     strategy: tf.distribute.Strategy,
     train: Split,
     validation: Split,
     callbacks=(),
-) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build the variant's model for `seed` under `strategy` and train it: the model and its history."""
-    keras.utils.set_random_seed(seed)  # the data order; the layers carry their own seeds
+    verbose: int = 2,
+) -> dict[int, tuple[keras.Model, dict[str, list[float]]]]:
+    """Train the replicates of `seeds` as one model: per seed, an ordinary Keras model and its history."""
+    if params.train.strategy == "multi_worker":
+        (seed,) = seeds  # replicate_groups: one at a time there
+        return {seed: train_alone_multi_worker(params, variant, seed, strategy, train, validation, callbacks)}
+    spec, epochs = params.variants[variant], params.epochs(variant)
+    keras.utils.set_random_seed(seeds[0])  # nothing random is left to it: a safeguard, not a source
     with strategy.scope():  # variables on every replica; batches split between them
-        model = build_model(params.variants[variant], seed, params.speed.steps_per_execution)
-    return model, fit(model, params, variant, seed, train, validation, list(callbacks))
+        replicates = build_replicates(spec, seeds, params.speed.steps_per_execution)
+    history = replicates.fit(
+        replicate_batches(train, seeds, spec.batch_size),
+        steps_per_epoch=-(-len(train[0]) // spec.batch_size),
+        epochs=epochs,
+        validation_data=replicate_validation(validation, seeds, params.speed.validation_batch_size),
+        callbacks=list(callbacks),
+        verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
+    ).history
+    per_epoch = [split_logs({name: values[epoch] for name, values in history.items()}, seeds) for epoch in range(epochs)]
+    return {
+        seed: (
+            export_replicate(replicates, spec, seed),
+            {name: [float(logs[seed][name]) for logs in per_epoch] for name in METRICS},
+        )
+        for seed in seeds
+    }
+
+
+def replicate_groups(params: Params) -> list[list[int]]:
+    """The seeds that train together: all at once, or one by one (`speed.replicates_together: false`,
+    and always under multi_worker, whose own loop trains one model)."""
+    seeds = params.train.seeds
+    if params.speed.replicates_together and params.train.strategy != "multi_worker":
+        return [seeds]
+    return [[seed] for seed in seeds]
