@@ -89,7 +89,7 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
     from pipeline.data import load_split
     from pipeline.model import build_model
     from pipeline.paths import split_path
-    from pipeline.training import fit
+    from pipeline.training import split_logs, train_group
 
     base = load_params()
     spec = base.variants[variant]
@@ -118,13 +118,18 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
 
     keras.utils.set_random_seed(seed)
     if name == "project":
-        model = build_model(spec, seed, params.speed.steps_per_execution)
+        import tensorflow as tf
+
         with tempfile.TemporaryDirectory() as store:
             import mlflow
 
             mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
-            with tracking.run(f"benchmark-{variant}", {"benchmark": "training"}):
-                history = fit(model, params, variant, seed, (x, y), validation, [TimedEpochMetrics(), EpochClock()], 0)
+            tags = {"benchmark": "training"}
+            with tracking.run(f"benchmark-{variant}", tags), tracking.run_per_seed(variant, [seed], tags, {}) as run_ids:
+                logging = TimedEpochMetrics(run_ids, lambda logs: split_logs(logs, [seed]))
+                callbacks = [logging, EpochClock()]
+                trained = train_group(params, variant, [seed], tf.distribute.get_strategy(), (x, y), validation, callbacks, 0)
+                history = trained[seed][1]
     else:
         xla = spec.jit_compile if step >= 4 else False  # what Keras' default "auto" means on a CPU-only machine
         model = build_model(spec.model_copy(update={"jit_compile": xla}), seed, params.speed.steps_per_execution if step >= 2 else 1)
