@@ -26,7 +26,6 @@ from pipeline.paths import (
     train_reports_dir,
 )
 
-METRICS = list(training.METRICS)
 FIGURES = ("weights.png", "curves.png")
 
 
@@ -43,7 +42,7 @@ def used_params(params: Params, variant: str) -> dict:
 
 
 def history_frame(history: dict[str, list[float]]) -> pd.DataFrame:
-    curves = pd.DataFrame(history)[METRICS]
+    curves = pd.DataFrame(history)[training.METRICS]
     curves.insert(0, "epoch", range(1, len(curves) + 1))
     return curves
 
@@ -51,14 +50,14 @@ def history_frame(history: dict[str, list[float]]) -> pd.DataFrame:
 def epoch_statistics(histories: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Per epoch, the mean over replicates of every metric (`val_accuracy`) and its standard
     deviation (`val_accuracy_std`; NaN for one replicate)."""
-    stats = pd.concat(histories.values()).groupby("epoch")[METRICS].agg(["mean", "std"])
+    stats = pd.concat(histories.values()).groupby("epoch")[training.METRICS].agg(["mean", "std"])
     stats.columns = [name if statistic == "mean" else f"{name}_std" for name, statistic in stats.columns]
     return stats
 
 
 def replicate_metrics(curves: pd.DataFrame, train_seconds: float) -> dict:
     final = curves.iloc[-1]
-    return {**{name: float(final[name]) for name in METRICS}, "train_seconds": round(train_seconds, 2)}
+    return {**{name: float(final[name]) for name in training.METRICS}, "train_seconds": round(train_seconds, 2)}
 
 
 def variant_metrics(replicates: dict[int, dict], epochs: int, param_count: int) -> dict:
@@ -66,13 +65,13 @@ def variant_metrics(replicates: dict[int, dict], epochs: int, param_count: int) 
 
     One replicate has no standard deviation: null, never a bare NaN.
     """
-    table = pd.DataFrame.from_dict(replicates, orient="index")[METRICS]
-    spread = {f"{name}_std": float(table[name].std()) if len(table) > 1 else None for name in METRICS}
+    table = pd.DataFrame.from_dict(replicates, orient="index")[training.METRICS]
+    spread = {f"{name}_std": float(table[name].std()) if len(table) > 1 else None for name in training.METRICS}
     return {
         "seeds": list(replicates),
         "epochs": epochs,
         "params": param_count,
-        **{name: float(table[name].mean()) for name in METRICS},
+        **{name: float(table[name].mean()) for name in training.METRICS},
         **spread,
         "train_seconds": round(sum(r["train_seconds"] for r in replicates.values()), 2),
         "replicates": [{"seed": seed, **metrics} for seed, metrics in replicates.items()],

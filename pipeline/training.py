@@ -19,7 +19,7 @@ from pipeline.config import Params
 from pipeline.model import build_model, build_replicates, export_replicate, replicate_key
 
 Split = tuple[np.ndarray, np.ndarray]
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
@@ -129,7 +129,6 @@ def train_group(
         (seed,) = seeds  # replicate_groups: one at a time there
         return {seed: train_alone_multi_worker(params, variant, seed, strategy, train, validation, callbacks)}
     spec, epochs = params.variants[variant], params.epochs(variant)
-    keras.utils.set_random_seed(seeds[0])  # nothing random is left to it: a safeguard, not a source
     with strategy.scope():  # variables on every replica; batches split between them
         replicates = build_replicates(spec, seeds, params.speed.steps_per_execution)
     history = replicates.fit(
