@@ -39,7 +39,7 @@ CONFIGURATIONS = {
     "notebook": "float64 X/255, plain model.fit, validation every epoch (at the training batch, 128)",
     "float32": "+ float32 arrays (the preprocess stage's)",
     "steps_per_execution": "+ 64 steps per TensorFlow call",
-    "validation_batch": "+ validation at batch 2048",
+    "validation_batch": "+ validation in large batches (speed.validation_batch_size)",
     "jit_compile": "+ XLA (the variant's jit_compile)",
     "project": "the train stage's own fit(), with its MLflow epoch logging (= params.yaml)",
 }
