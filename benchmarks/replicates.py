@@ -114,7 +114,7 @@ def pipeline_wall_time(seeds: list[int], epochs: int) -> float:
         for name in filter(None, listed.split("\0")):
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPOSITORY / name, copy / name)
-        shutil.copytree(REPOSITORY / "data", copy / "data")
+        shutil.copytree(REPOSITORY / "data", copy / "data", dirs_exist_ok=True)  # data/.gitignore is already there
         params = yaml.safe_load((copy / "params.yaml").read_text())
         params["train"].update(seeds=seeds, max_epochs=epochs)
         (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per configuration")
     parser.add_argument("--rounds", type=int, default=2, help="turns per configuration")
     parser.add_argument("--pipeline-epochs", type=int, default=3, help="every variant's epochs in the pipeline runs")
+    parser.add_argument("--parts", nargs="+", choices=["stages", "pipeline"], default=["stages", "pipeline"])
     parser.add_argument("--only", choices=[*CONFIGURATIONS, *DROPOUT_FORMS], help=argparse.SUPPRESS)
     parser.add_argument("--variant", default=VARIANTS[0], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -142,57 +143,65 @@ def main() -> None:
         return
 
     peak = sgemm_peak()
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"float32 matrix-multiply peak (TensorFlow): {peak / 1e9:.0f} GFLOP/s before", flush=True)
+    if "stages" in args.parts:
+        stages(args.epochs, args.rounds, peak)
+    if "pipeline" in args.parts:
+        one, five = (pipeline_wall_time(seeds, args.pipeline_epochs) for seeds in ([0], FIVE))
+        print(
+            f"\nwhole pipeline (dvc repro, 10 train stages + evaluate, {args.pipeline_epochs} epochs per variant): "
+            f"one seed {one:.0f} s, five seeds {five:.0f} s, ratio {five / one:.2f}x"
+        )
+
+
+def stages(epochs: int, rounds: int, peak: float) -> None:
     runs = {(variant, name): [] for variant in VARIANTS for name in CONFIGURATIONS}
     dropout = {name: [] for name in DROPOUT_FORMS}
     sibling = []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for variant, name in runs:
-            runs[variant, name].append(child(name, variant, args.epochs))
+            runs[variant, name].append(child(name, variant, epochs))
         for name in DROPOUT_FORMS:
-            dropout[name].append(child(name, "mlp-512-256-128-bn-dropout", args.epochs))
-        sibling.append(child("alone", "mlp-512-256-128-bn", args.epochs))
-    pipelines = {len(seeds): pipeline_wall_time(seeds, args.pipeline_epochs) for seeds in ([0], FIVE)}
-    peak = max(peak, sgemm_peak())
-
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
-    print(f"float32 matrix-multiply peak (TensorFlow): {peak / 1e9:.0f} GFLOP/s")
-    print(f"{args.epochs} epochs per configuration, {args.rounds} rounds, taking turns\n")
+            dropout[name].append(child(name, "mlp-512-256-128-bn-dropout", epochs))
+        sibling.append(child("alone", "mlp-512-256-128-bn", epochs))
+    after = sgemm_peak()
+    print(f"float32 matrix-multiply peak (TensorFlow): {after / 1e9:.0f} GFLOP/s after; 'of peak' uses the higher")
+    peak = max(peak, after)
+    print(f"{epochs} epochs per configuration, {rounds} rounds, taking turns; s/epoch per replicate\n")
     print(
-        f"{'variant':<28} {'configuration':<12} {'K':>2} {'s/epoch':>8} {'median':>7} {'vs notebook':>11} {'of peak':>8} "
-        f"{'wall s':>7} {'fixed s':>7}  val accuracy per replicate"
+        f"{'variant':<28} {'configuration':<12} {'K':>2} {'fastest':>8} {'median':>7} {'vs notebook':>13} "
+        f"{'of peak':>8} {'wall s':>7} {'fixed s':>7}  val accuracy per replicate, round after round"
     )
     for (variant, name), results in runs.items():
         replicates = CONFIGURATIONS[name][0]
         fastest = min(s for run in results for s in run["steady"])
         median = statistics.median(s for run in results for s in run["steady"])
-        notebook = min(s for run in runs[variant, "notebook"] for s in run["steady"])
+        notebook = [s for run in runs[variant, "notebook"] for s in run["steady"]]
         images = results[0].get("images") or runs[variant, "alone"][0]["images"]
-        layers = [512, 256, 128]
-        rate = dense_flops(layers, *images) / fastest
-        accuracies = " ".join(f"{a:.4f}" for a in results[-1]["val_accuracy"])
+        rate = dense_flops([512, 256, 128], *images) / fastest
+        accuracies = " ".join(f"{a:.4f}" for run in results for a in run["val_accuracy"])
         wall = min(run["wall"] for run in results)
-        fixed = wall - args.epochs * replicates * median  # what the process spends besides its epochs
+        fixed = wall - epochs * replicates * median  # what the process spends besides its epochs
+        speedup = f"{min(notebook) / fastest:.2f}/{statistics.median(notebook) / median:.2f}x"
         print(
-            f"{variant:<28} {name:<12} {replicates:>2} {fastest:>8.3f} {median:>7.3f} {notebook / fastest:>10.2f}x "
+            f"{variant:<28} {name:<12} {replicates:>2} {fastest:>8.3f} {median:>7.3f} {speedup:>13} "
             f"{rate / peak:>8.0%} {wall:>7.1f} {fixed:>7.1f}  {accuracies}"
         )
-    print()
+    print("\n  vs notebook: the notebook's fastest epoch over this one's / the same for the medians")
     for name, (_, what) in CONFIGURATIONS.items():
         print(f"  {name:<12} {what}")
 
     print("\nDropout under XLA, mlp-512-256-128-bn-dropout alone, against its sibling mlp-512-256-128-bn:")
-    base = min(s for run in sibling for s in run["steady"])
-    print(f"  {'mlp-512-256-128-bn (no Dropout)':<60} {base:>7.3f} s/epoch")
+    base = [s for run in sibling for s in run["steady"]]
+    print(f"  {'mlp-512-256-128-bn (no Dropout)':<60} {min(base):>7.3f} s/epoch fastest, {statistics.median(base):.3f} median")
     for name, results in dropout.items():
-        fastest = min(s for run in results for s in run["steady"])
-        print(f"  {DROPOUT_FORMS[name]:<60} {fastest:>7.3f} s/epoch  {fastest / base - 1:+.0%} vs sibling")
-
-    one, five = pipelines[1], pipelines[5]
-    print(
-        f"\nwhole pipeline (dvc repro, 10 train stages + evaluate, {args.pipeline_epochs} epochs per variant): "
-        f"one seed {one:.0f} s, five seeds {five:.0f} s, ratio {five / one:.2f}x"
-    )
-
+        steady = [s for run in results for s in run["steady"]]
+        print(
+            f"  {DROPOUT_FORMS[name]:<60} {min(steady):>7.3f} s/epoch fastest, {statistics.median(steady):.3f} median: "
+            f"{min(steady) / min(base) - 1:+.0%} / {statistics.median(steady) / statistics.median(base) - 1:+.0%} vs sibling"
+        )
+    sys.stdout.flush()
 
 if __name__ == "__main__":
     main()

@@ -9,11 +9,18 @@ real stage, `python -m pipeline.train mlp-512-256-128`, with its own sqlite MLfl
 by one untimed run first, as in a pipeline where an earlier stage created it). Every run is
 timed from outside, whole process; the revisions take turns.
 
-A stage's wall time is fixed + epochs x per-epoch, so two epoch counts give both:
-per-epoch = (wall(E2) - wall(E1)) / (E2 - E1), fixed = wall(E1) - E1 x per-epoch. The fixed cost
+A stage's wall time is fixed + epochs x per-epoch, so runs at two epoch counts give both: the
+intercept and slope of a Theil-Sen line through every run (scipy; robust to one slow run, which
+this shared VM's drift makes common). The fixed cost
 holds imports, the store, loading data, building, XLA compiling, exporting, figures and model
 logging. Then the floor no train stage can go below: a process that only imports TensorFlow and
 Keras. Prints figures; asserts nothing.
+
+    python -m benchmarks.stage_cost --phases train mlp-512-256-128
+    python -m benchmarks.stage_cost --phases evaluate
+
+runs that stage of this checkout in this process, as params.yaml says, and prints where its time
+goes, part by part (the store and data must be where the stage expects them).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import scipy.stats
 import yaml
 
 from benchmarks.training import cpu_model, sgemm_peak
@@ -69,13 +77,106 @@ def import_wall_time() -> float:
     return time.perf_counter() - started
 
 
+# What each stage spends its time on, by the functions that do it.
+PHASES = {
+    "train": {
+        "pipeline.train": ["load_split", "write_replicate", "write_variant"],
+        "pipeline.tracking": ["log_datasets", "run_per_seed", "record_replicate", "record_variant"],
+        "pipeline.training": ["build_replicates", "replicate_batches", "replicate_validation", "export_replicate"],
+        "mlflow": ["set_experiment"],
+    },
+    "evaluate": {
+        "pipeline.evaluate": ["load_split", "trained", "score_variant", "ensure_registered", "write_reports"],
+        "pipeline.tracking": ["record_evaluation", "set_champion"],
+        "mlflow": ["set_experiment"],
+    },
+}
+
+
+def phases(stage: str, arguments: list[str]) -> None:
+    """Run one stage in this process with a clock around each of its parts; print the parts in order."""
+    import contextlib
+    import functools
+    import importlib
+
+    started = time.perf_counter()
+    parts: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def clock(name: str):
+        begun = time.perf_counter()
+        yield
+        parts.append((name, time.perf_counter() - begun))
+
+    with clock("import TensorFlow and Keras"):
+        import keras  # noqa: F401
+    with clock("import MLflow"):
+        import mlflow  # noqa: F401
+    with clock(f"import pipeline.{stage} (the rest)"):
+        module = importlib.import_module(f"pipeline.{stage}")
+
+    def timed(owner, name: str):
+        function = getattr(owner, name)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            with clock(f"{owner.__name__.removeprefix('pipeline.')}.{name}"):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    for owner_name, names in PHASES[stage].items():
+        owner = importlib.import_module(owner_name)
+        for name in names:
+            setattr(owner, name, timed(owner, name))
+
+    if stage == "train":  # epochs timed from inside fit: the first one holds XLA's compiling
+        training = importlib.import_module("pipeline.training")
+        train_group = training.train_group
+
+        class EpochClock(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.last = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                now = time.perf_counter()
+                parts.append((f"epoch {epoch + 1} (training and validation)", now - self.last))
+                self.last = now
+
+        def with_clock(*args, **kwargs):
+            args = list(args)
+            args[6] = [*args[6], EpochClock()]
+            with clock("training.train_group (building, fit, exporting)"):
+                return train_group(*args, **kwargs)
+
+        training.train_group = with_clock
+    with clock(f"{stage}.main"):
+        if stage == "train":
+            module.main(arguments)
+        else:
+            module.main()
+    total = time.perf_counter() - started
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; `python -m pipeline.{stage} {' '.join(arguments)}`")
+    print("a part inside another is listed before it, and counted in it\n")
+    for name, seconds in parts:
+        print(f"  {seconds:7.2f} s  {name}")
+    print(f"  {total:7.2f} s  in all, from the first import (the interpreter's start and exit not included)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default=BEFORE, help="the earlier revision")
     parser.add_argument("--after", default="HEAD", help="the later revision")
     parser.add_argument("--epochs", type=int, nargs=2, default=(1, 4), metavar=("E1", "E2"))
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--phases", nargs="+", metavar=("STAGE", "ARGUMENT"), help="train VARIANT, or evaluate")
     args = parser.parse_args()
+    if args.phases:
+        stage, *arguments = args.phases
+        if stage not in PHASES:
+            parser.error(f"--phases: the stage is one of {', '.join(PHASES)}, not {stage!r}")
+        phases(stage, arguments)
+        return
     revisions = [args.before, args.after]
     labels = {
         revision: subprocess.run(
@@ -103,7 +204,7 @@ def main() -> None:
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
     print(f"float32 matrix-multiply peak (TensorFlow): {peak / 1e9:.0f} GFLOP/s")
-    print(f"`python -m pipeline.train {VARIANT}`, whole process; {args.rounds} rounds, taking turns; medians\n")
+    print(f"`python -m pipeline.train {VARIANT}`, whole process; {args.rounds} rounds, taking turns; walls are medians\n")
     for revision in revisions:
         print(f"  {revision:<8} {labels[revision]}")
     e1, e2 = args.epochs
@@ -111,10 +212,11 @@ def main() -> None:
     fixed_costs = {}
     for seeds_name in SEED_SETS:
         for revision in revisions:
+            points = [(e, wall) for e in args.epochs for wall in walls[revision, seeds_name, e]]
+            line = scipy.stats.theilslopes([wall for _, wall in points], [e for e, _ in points])
+            fixed_costs[revision, seeds_name] = line.intercept
             short, long = (statistics.median(walls[revision, seeds_name, e]) for e in args.epochs)
-            per_epoch = (long - short) / (e2 - e1)
-            fixed_costs[revision, seeds_name] = fixed = short - e1 * per_epoch
-            print(f"{seeds_name:<11} {revision:<8} {short:>9.1f}s {long:>9.1f}s {per_epoch:>9.2f}s {fixed:>6.1f}s")
+            print(f"{seeds_name:<11} {revision:<8} {short:>9.1f}s {long:>9.1f}s {line.slope:>9.2f}s {line.intercept:>6.1f}s")
         before, after = (fixed_costs[revision, seeds_name] for revision in revisions)
         print(f"{seeds_name:<11} fixed cost after / before: {after / before:.2f}")
     print(f"\nfloor: a process that imports TensorFlow and Keras and exits, {statistics.median(imports):.1f} s")
