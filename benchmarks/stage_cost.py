@@ -9,10 +9,11 @@ real stage, `python -m pipeline.train mlp-512-256-128`, with its own sqlite MLfl
 by one untimed run first, as in a pipeline where an earlier stage created it). Every run is
 timed from outside, whole process; the revisions take turns.
 
-A stage's wall time is fixed + epochs x per-epoch, so runs at two epoch counts give both: the
-intercept and slope of a Theil-Sen line through every run (scipy; robust to one slow run, which
-this shared VM's drift makes common). The fixed cost
-holds imports, the store, loading data, building, XLA compiling, exporting, figures and model
+The stage's epochs are timed by the stage itself: each replicate's child run holds its per-epoch
+metrics, each stamped when its epoch ended (both revisions log them so). An epoch's time is the
+gap between two such stamps of one run (epochs 2 on: the first holds XLA's compiling); the
+stage's epochs cost their count times the median epoch, and the fixed cost is the rest of the
+wall time: imports, the store, loading data, building, compiling, exporting, figures, model
 logging. Then the floor no train stage can go below: a process that only imports TensorFlow and
 Keras. Prints figures; asserts nothing.
 
@@ -26,9 +27,11 @@ goes, part by part (the store and data must be where the stage expects them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import scipy.stats
 import yaml
 
 from benchmarks.training import cpu_model, sgemm_peak
@@ -58,17 +60,38 @@ def unpack(revision: str, root: Path) -> Path:
     return workspace
 
 
-def stage_wall_time(workspace: Path, seeds: list[int], epochs: int) -> float:
+def stage_wall_time(workspace: Path, seeds: list[int], epochs: int) -> tuple[float, list[int]]:
+    """The stage's wall time, and when each epoch of its replicates ended (ms, from its store)."""
     params_file = workspace / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["train"].update(seeds=seeds, max_epochs=epochs)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
-    started = time.perf_counter()
+    started, since = time.perf_counter(), int(time.time() * 1000)
     subprocess.run(
         [sys.executable, "-m", "pipeline.train", VARIANT], cwd=workspace, env=env, check=True, capture_output=True
     )
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    with contextlib.closing(sqlite3.connect(workspace / "mlflow.db")) as store:
+        rows = store.execute(
+            "SELECT m.run_uuid, m.step, m.timestamp FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+            "JOIN tags t ON t.run_uuid = m.run_uuid AND t.key = 'mlflow.parentRunId' "
+            "WHERE m.key = 'val_accuracy' AND r.start_time >= ? ORDER BY m.run_uuid, m.step",
+            (since,),
+        ).fetchall()
+    ends: dict[str, list[int]] = {}
+    for run, _, stamp in rows:
+        ends.setdefault(run, []).append(stamp)
+    return wall, list(ends.values())
+
+
+def split_wall_time(wall: float, epoch_ends: list[list[int]]) -> tuple[float, float, int]:
+    """(fixed cost, median epoch, epochs run) of one stage run. Replicates trained together end
+    their epochs at the same instant: an epoch is counted once however many runs stamp it."""
+    gaps = {(earlier, later) for ends in epoch_ends for earlier, later in zip(ends, ends[1:])}
+    epoch = statistics.median(later - earlier for earlier, later in gaps) / 1000
+    epochs = len({stamp for ends in epoch_ends for stamp in ends})
+    return wall - epochs * epoch, epoch, epochs
 
 
 def import_wall_time() -> float:
@@ -81,7 +104,7 @@ def import_wall_time() -> float:
 PHASES = {
     "train": {
         "pipeline.train": ["load_split", "write_replicate", "write_variant"],
-        "pipeline.tracking": ["log_datasets", "run_per_seed", "record_replicate", "record_variant"],
+        "pipeline.tracking": ["log_datasets", "record_replicate", "record_variant"],
         "pipeline.training": ["build_replicates", "replicate_batches", "replicate_validation", "export_replicate"],
         "mlflow": ["set_experiment"],
     },
@@ -167,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default=BEFORE, help="the earlier revision")
     parser.add_argument("--after", default="HEAD", help="the later revision")
-    parser.add_argument("--epochs", type=int, nargs=2, default=(1, 4), metavar=("E1", "E2"))
+    parser.add_argument("--epochs", type=int, default=4, help="at least 2: epochs 2 on are the steady ones")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--phases", nargs="+", metavar=("STAGE", "ARGUMENT"), help="train VARIANT, or evaluate")
     args = parser.parse_args()
@@ -186,7 +209,7 @@ def main() -> None:
     }
 
     peak = sgemm_peak()
-    walls: dict[tuple[str, str, int], list[float]] = {}
+    runs: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="stage-cost-") as root:
         workspaces = {revision: unpack(revision, Path(root)) for revision in revisions}
         for workspace in workspaces.values():
@@ -195,28 +218,27 @@ def main() -> None:
         for _ in range(args.rounds):
             imports.append(import_wall_time())
             for seeds_name, seeds in SEED_SETS.items():
-                for epochs in args.epochs:
-                    for revision in revisions:
-                        walls.setdefault((revision, seeds_name, epochs), []).append(
-                            stage_wall_time(workspaces[revision], seeds, epochs)
-                        )
+                for revision in revisions:
+                    wall, epoch_ends = stage_wall_time(workspaces[revision], seeds, args.epochs)
+                    runs.setdefault((revision, seeds_name), []).append((wall, *split_wall_time(wall, epoch_ends)))
     peak = max(peak, sgemm_peak())
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
     print(f"float32 matrix-multiply peak (TensorFlow): {peak / 1e9:.0f} GFLOP/s")
-    print(f"`python -m pipeline.train {VARIANT}`, whole process; {args.rounds} rounds, taking turns; walls are medians\n")
+    print(
+        f"`python -m pipeline.train {VARIANT}`, {args.epochs} epochs, whole process; {args.rounds} rounds, "
+        "taking turns; medians over the rounds\n"
+    )
     for revision in revisions:
         print(f"  {revision:<8} {labels[revision]}")
-    e1, e2 = args.epochs
-    print(f"\n{'seeds':<11} {'revision':<8} {f'wall {e1} ep':>10} {f'wall {e2} ep':>10} {'per epoch':>10} {'fixed':>7}")
+    print(f"\n{'seeds':<11} {'revision':<8} {'wall':>7} {'epochs':>6} {'epoch':>7} {'fixed':>7}")
     fixed_costs = {}
     for seeds_name in SEED_SETS:
         for revision in revisions:
-            points = [(e, wall) for e in args.epochs for wall in walls[revision, seeds_name, e]]
-            line = scipy.stats.theilslopes([wall for _, wall in points], [e for e, _ in points])
-            fixed_costs[revision, seeds_name] = line.intercept
-            short, long = (statistics.median(walls[revision, seeds_name, e]) for e in args.epochs)
-            print(f"{seeds_name:<11} {revision:<8} {short:>9.1f}s {long:>9.1f}s {line.slope:>9.2f}s {line.intercept:>6.1f}s")
+            results = runs[revision, seeds_name]
+            wall, fixed, epoch = (statistics.median(result[i] for result in results) for i in (0, 1, 2))
+            fixed_costs[revision, seeds_name] = fixed
+            print(f"{seeds_name:<11} {revision:<8} {wall:>6.1f}s {results[0][3]:>6} {epoch:>6.2f}s {fixed:>6.1f}s")
         before, after = (fixed_costs[revision, seeds_name] for revision in revisions)
         print(f"{seeds_name:<11} fixed cost after / before: {after / before:.2f}")
     print(f"\nfloor: a process that imports TensorFlow and Keras and exits, {statistics.median(imports):.1f} s")
