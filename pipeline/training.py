@@ -65,14 +65,15 @@ def replicate_batches(train: Split, seeds: list[int], batch_size: int) -> tf.dat
     """Endless training batches for a together model: per seed, its own images in its own order.
 
     The order of epoch e for seed s is a stateless shuffle keyed by (s, e): the same alone or
-    together, on every rerun, whatever else drew random numbers.
+    together, on every rerun, whatever else drew random numbers. (Not index_shuffle: its orders
+    for keys (s, e) and (s, e + 1) are strongly alike, so batches barely changed from epoch to epoch.)
     """
     images, labels = tf.constant(train[0]), tf.constant(train[1])
     positions = tf.range(len(train[0]), dtype=tf.int64)
 
     def epoch_order(seed: int) -> tf.data.Dataset:
         orders = tf.data.Dataset.range(2**62).map(
-            lambda epoch: tf.random.experimental.index_shuffle(positions, tf.stack([tf.constant(seed, tf.int64), epoch]), len(train[0]) - 1)
+            lambda epoch: tf.random.experimental.stateless_shuffle(positions, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
         )
         return orders.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
 

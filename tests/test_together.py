@@ -82,6 +82,24 @@ def test_seeds_see_their_own_data_order(splits):
     np.testing.assert_array_equal(again["seed_1"], first_epoch["seed_1"])
 
 
+def test_orders_are_unrelated_from_epoch_to_epoch_and_seed_to_seed():
+    # Images that are their own index: a batch of a whole epoch is that epoch's order. The
+    # training split's size: index_shuffle's orders were fine at 5,000 images, alike at 49,500.
+    count = 49_500
+    indices = (np.arange(count, dtype=np.float32)[:, None], np.zeros((count, 10), np.float32))
+    batches = iter(training.replicate_batches(indices, [0, 1], batch_size=count))
+    (first_epoch, _), (second_epoch, _) = next(batches), next(batches)
+    orders = {name: epoch[key].numpy().ravel() for name, epoch, key in [
+        ("seed 0, epoch 1", first_epoch, "seed_0"),
+        ("seed 0, epoch 2", second_epoch, "seed_0"),
+        ("seed 1, epoch 1", first_epoch, "seed_1"),
+    ]}
+    orders["unshuffled"] = np.arange(count)
+    # Independent orders correlate by about 1/sqrt(49,500) = 0.005; index_shuffle's did by 0.75.
+    for other in ("seed 0, epoch 2", "seed 1, epoch 1", "unshuffled"):
+        assert abs(np.corrcoef(orders["seed 0, epoch 1"], orders[other])[0, 1]) < 0.05, other
+
+
 def test_threefry_dropout_drops_at_the_rate_and_keeps_the_mean(default_params):
     layer = ThreefryDropout(0.4, seed=7)
     ones = tf.ones((200, 500))
