@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib
 import io
 import os
 import shutil
@@ -118,9 +120,6 @@ PHASES = {
 
 def phases(stage: str, arguments: list[str]) -> None:
     """Run one stage in this process with a clock around each of its parts; print the parts in order."""
-    import contextlib
-    import functools
-    import importlib
 
     started = time.perf_counter()
     parts: list[tuple[str, float]] = []
