@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.training import cpu_model, dense_flops, sgemm_peak
+from benchmarks.training import cpu_model, dense_flops, epoch_clock, sgemm_peak
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 VARIANTS = ("mlp-512-256-128", "mlp-512-256-128-bn-dropout")
@@ -66,13 +66,6 @@ def train_in_this_process(configuration: str, variant: str, epochs: int) -> dict
     train, validation = load_split(split_path("train")), load_split(split_path("validation"))
     epoch_seconds: list[float] = []
 
-    class EpochClock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            epoch_seconds.append(time.perf_counter() - self.started)
-
     if configuration in DROPOUT_FORMS:
         spec = params.variants[variant]
         if configuration == "keras-dropout-no-xla":
@@ -85,7 +78,7 @@ def train_in_this_process(configuration: str, variant: str, epochs: int) -> dict
         groups = [FIVE] if configuration == "together" else [[seed] for seed in FIVE[: CONFIGURATIONS[configuration][0]]]
     accuracies = []
     for group in groups:
-        trained = training.train_group(params, variant, group, tf.distribute.get_strategy(), train, validation, [EpochClock()], 0)
+        trained = training.train_group(params, variant, group, tf.distribute.get_strategy(), train, validation, [epoch_clock(epoch_seconds)], 0)
         accuracies += [history["val_accuracy"][-1] for _, history in trained.values()]
         epoch_seconds[len(epoch_seconds) - epochs :] = [s / len(group) for s in epoch_seconds[-epochs:]]
     steady = [s for i, s in enumerate(epoch_seconds) if i % epochs] or epoch_seconds

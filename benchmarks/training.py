@@ -80,6 +80,20 @@ def sgemm_peak() -> float:
     return best
 
 
+def epoch_clock(seconds: list[float]):
+    """A Keras callback that appends each epoch's wall time to `seconds` (Keras imported in the child only)."""
+    import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds.append(time.perf_counter() - self.started)
+
+    return EpochClock()
+
+
 def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
     """Train in this process; return seconds per epoch, accuracy and peak memory."""
     import keras
@@ -103,13 +117,6 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
     epoch_seconds: list[float] = []
     logging_seconds: list[float] = []
 
-    class EpochClock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            epoch_seconds.append(time.perf_counter() - self.started)
-
     class TimedEpochMetrics(tracking.EpochMetrics):
         def on_epoch_end(self, epoch, logs=None):
             started = time.perf_counter()
@@ -127,7 +134,7 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
             tags = {"benchmark": "training"}
             with tracking.run(f"benchmark-{variant}", tags), tracking.run_per_seed(variant, [seed], tags, {}) as run_ids:
                 logging = TimedEpochMetrics(run_ids, lambda logs: split_logs(logs, [seed]))
-                callbacks = [logging, EpochClock()]
+                callbacks = [logging, epoch_clock(epoch_seconds)]
                 trained = train_group(params, variant, [seed], tf.distribute.get_strategy(), (x, y), validation, callbacks, 0)
                 history = trained[seed][1]
     else:
@@ -140,7 +147,7 @@ def run_configuration(name: str, variant: str, epochs: int, seed: int) -> dict:
             epochs=epochs,
             validation_data=validation,
             validation_batch_size=params.speed.validation_batch_size if step >= 3 else None,
-            callbacks=[EpochClock()],
+            callbacks=[epoch_clock(epoch_seconds)],
             verbose=0,
         ).history
     return {
