@@ -132,13 +132,14 @@ def run_per_seed(variant: str, seeds: list[int], tags: dict[str, str], params: d
     """Child runs of the active (variant) run, one per seed, open together while their copies train:
     their run ids by seed. Finished together, or marked KILLED / FAILED together."""
     client, parent = mlflow.MlflowClient(), mlflow.active_run().info
+    commit = git_commit()
     run_ids: dict[int, str] = {}
     try:
         for seed in seeds:
             child = client.create_run(
                 parent.experiment_id,
                 run_name=f"{variant} seed {seed}",
-                tags={"mlflow.parentRunId": parent.run_id, "git_commit": git_commit(), **tags},
+                tags={"mlflow.parentRunId": parent.run_id, "git_commit": commit, **tags},
             )
             run_ids[seed] = child.info.run_id
             logged = _logged_params({**params, "seed": seed})

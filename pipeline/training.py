@@ -65,8 +65,8 @@ def replicate_batches(train: Split, seeds: list[int], batch_size: int) -> tf.dat
     """Endless training batches for a together model: per seed, its own images in its own order.
 
     The order of epoch e for seed s is a stateless shuffle keyed by (s, e): the same alone or
-    together, on every rerun, whatever else drew random numbers. (Not index_shuffle: its orders
-    for keys (s, e) and (s, e + 1) are strongly alike, so batches barely changed from epoch to epoch.)
+    together, on every rerun, whatever else drew random numbers. (Not index_shuffle: at MNIST's size
+    its orders for neighbouring keys are correlated, from epoch to epoch and from seed to seed.)
     """
     images, labels = tf.constant(train[0]), tf.constant(train[1])
     positions = tf.range(len(train[0]), dtype=tf.int64)
@@ -136,6 +136,7 @@ def train_group(
         replicate_batches(train, seeds, spec.batch_size),
         steps_per_epoch=-(-len(train[0]) // spec.batch_size),
         epochs=epochs,
+        shuffle=False,  # the order is replicate_batches' own
         validation_data=replicate_validation(validation, seeds, params.speed.validation_batch_size),
         callbacks=list(callbacks),
         verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
