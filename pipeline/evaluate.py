@@ -19,7 +19,15 @@ from pipeline.config import Params, load_params
 from pipeline.data import DataError, load_split, raw_pixels
 from pipeline.ensemble import ensemble_probabilities
 from pipeline.files import atomic_write
-from pipeline.paths import PROCESSED_DIR, REPORTS_DIR, replicate_model_path, split_path, train_reports_dir
+from pipeline.paths import (
+    EPOCHS_CSV,
+    PROCESSED_DIR,
+    REPORTS_DIR,
+    replicate_history_path,
+    replicate_model_path,
+    split_path,
+    train_reports_dir,
+)
 
 COLUMNS = [
     "variant",
@@ -43,6 +51,11 @@ COLUMNS = [
     "train_seconds",
 ]
 CHAMPION_METRICS = COLUMNS[COLUMNS.index("val_accuracy_mean") : COLUMNS.index("ensemble_test_accuracy") + 1]
+# What each variant's run and registered version get from the comparison.
+RUN_METRICS = [
+    "test_accuracy_mean", "test_accuracy_ci_low", "test_accuracy_ci_high", "test_loss_mean",
+    "ensemble_test_accuracy", "prob_champion_better", "p_vs_champion",
+]
 SIGNIFICANCE = 0.05
 MARKDOWN_FORMATS = [
     {"dropout": ".1f", "train_seconds": ".1f", "prob_champion_better": ".2f", "p_vs_champion": ".3g"}.get(column, ".4f")
@@ -53,7 +66,7 @@ MARKDOWN_FORMATS = [
 def trained(variant: str, seeds: list[int]) -> dict:
     """The train stage's metrics.json, checked against the seeds params.yaml asks for."""
     metrics_file = train_reports_dir(variant) / "metrics.json"
-    files = [replicate_model_path(variant, seed) for seed in seeds]
+    files = [path for seed in seeds for path in (replicate_model_path(variant, seed), replicate_history_path(variant, seed))]
     missing = [str(path) for path in [metrics_file, *files] if not path.is_file()]
     if missing:
         raise DataError(f"{variant} has no trained {', '.join(missing)}: run `dvc repro train@{variant}`")
@@ -61,6 +74,19 @@ def trained(variant: str, seeds: list[int]) -> dict:
     if metrics["seeds"] != seeds:
         raise DataError(f"{variant} was trained with seeds {metrics['seeds']}, params say {seeds}: run `dvc repro`")
     return metrics
+
+
+def epoch_bands(variants: list[str], seeds: list[int]) -> pd.DataFrame:
+    """Per variant and epoch, each metric's mean over the seeds and a band of one standard deviation
+    (`val_accuracy`, `val_accuracy_low`, `val_accuracy_high`; for one seed the band is the mean):
+    what dvc.yaml's charts overlay."""
+    frames = []
+    for variant in variants:
+        history = pd.concat(pd.read_csv(replicate_history_path(variant, seed)) for seed in seeds).groupby("epoch")
+        mean, spread = history.mean(), history.std().fillna(0.0)
+        bands = pd.concat([mean, (mean - spread).add_suffix("_low"), (mean + spread).add_suffix("_high")], axis=1)
+        frames.append(bands.reset_index().assign(variant=variant))
+    return pd.concat(frames, ignore_index=True)
 
 
 def scores_on_test(probabilities: np.ndarray, y_test: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -182,6 +208,27 @@ def summary_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> s
     )
 
 
+def version_description(row: pd.Series, seeds: list[int], champion: str) -> str:
+    """What the registry says of a variant's version: what it is, how well it did, how sure we are."""
+    k = len(seeds)
+    validation = f"{row['val_accuracy_mean']:.4f}"
+    test = f"{row['test_accuracy_mean']:.4f}"
+    if k > 1:
+        validation += f" ± {row['val_accuracy_std']:.4f} (mean ± sd over seeds)"
+        test += f", 95% t-interval [{row['test_accuracy_ci_low']:.4f}, {row['test_accuracy_ci_high']:.4f}]"
+    if row["variant"] == champion:
+        verdict = "Champion: the best mean validation accuracy."
+    elif k > 1:
+        verdict = f"Not the champion ({champion}; paired t-test on validation accuracy, Holm-corrected: p = {row['p_vs_champion']:.3g})."
+    else:
+        verdict = f"Not the champion ({champion})."
+    return (
+        f"{row['variant']}: the seed ensemble of {k} replicate{'s' * (k > 1)} (seeds {', '.join(map(str, seeds))}), "
+        f"hidden layers {row['hidden_layers']}, {row['epochs']} epochs, {row['params']:,} parameters each. "
+        f"Validation accuracy {validation}. Test accuracy {test}; this ensemble: {row['ensemble_test_accuracy']:.4f}. {verdict}"
+    )
+
+
 def write_reports(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> dict:
     """comparison.csv, .md, .png and metrics.json; the summary that metrics.json holds."""
     champion = table.iloc[0]
@@ -218,16 +265,30 @@ def evaluate(params: Params) -> str:
     only_champion, only_runner_up, p_value = stats.mcnemar_exact(scored[name][2], scored[runner_up][2])
     mcnemar = {"runner_up": runner_up, "only_champion": only_champion, "only_runner_up": only_runner_up, "p_value": p_value}
     summary = write_reports(table, replicates, mcnemar, seeds)
+    with atomic_write(EPOCHS_CSV, "w") as f:
+        epoch_bands(list(params.variants), seeds).to_csv(f, index=False, float_format="%.6g")
 
     versions = ensure_registered(params, raw_pixels(x_test[:1]))
-    with tracking.run("evaluate", {"dvc_stage": "evaluate", "champion": name}):
+    with tracking.run("evaluate", {"dvc_stage": "evaluate", "champion": name}, experiment=tracking.EVALUATION_EXPERIMENT) as evaluation:
         reports = [REPORTS_DIR / f"comparison.{suffix}" for suffix in ("csv", "md", "png")]
         champion_metrics = {k: v for k, v in summary.items() if k.startswith("champion_") and v is not None}
         tracking.record_evaluation({**champion_metrics, "mcnemar_p_value": p_value}, table[COLUMNS], reports)
+    rows = table.set_index("variant", drop=False)
+    run_ids = tracking.record_comparison(
+        {variant: {key: float(row[key]) for key in RUN_METRICS if pd.notna(row[key])} for variant, row in rows.iterrows()},
+        {variant: version_description(row, seeds, name) for variant, row in rows.iterrows()},
+        versions,
+        name,
+        evaluation.info.run_id,
+    )
     tracking.set_champion(versions[name], name)
 
     print(table[COLUMNS].to_string(index=False, float_format=lambda value: f"{value:.4f}"))
     print(f"evaluate: champion {name} (version {versions[name]}): models:/{tracking.REGISTERED_MODEL}@champion")
+    links = tracking.ui_links([run_ids[variant] for variant in table["variant"]])
+    print("evaluate: the comparison in the MLflow UI (`make ui` serves it here; docs/mlflow.md):")
+    for what, link in links.items():
+        print(f"  {what}: {link}")
     return name
 
 

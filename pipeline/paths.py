@@ -14,7 +14,8 @@ PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports")
 TRAIN_REPORTS_DIR = REPORTS_DIR / "train"
-HISTORY_DIR = REPORTS_DIR / "history"  # every replicate's per-epoch history: dvc.yaml plots it whole
+HISTORY_DIR = REPORTS_DIR / "history"  # every replicate's per-epoch history
+EPOCHS_CSV = REPORTS_DIR / "epochs.csv"  # per variant and epoch, the seeds' mean and band: dvc.yaml overlays the variants
 
 
 def split_path(name: str, directory: Path = PROCESSED_DIR) -> Path:

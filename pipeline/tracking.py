@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,7 +24,7 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
 
@@ -37,8 +38,40 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 EXPERIMENT = "mnist-mlp"
+EVALUATION_EXPERIMENT = "mnist-mlp-evaluation"  # evaluate's runs: kept out of the list of training runs
 REGISTERED_MODEL = "mnist-mlp"
 CHAMPION_ALIAS = "champion"
+CHAMPION_TAG = "champion"
+COMPARISON_TAG = "comparison"  # on a variant's run: the evaluate run that compared it last
+# The columns of the experiment's comparison view (the runs table shows each metric's last value).
+VIEW_PARAMS = ["hidden_layers"]
+VIEW_METRICS = ["val_accuracy", "test_accuracy_mean", "test_accuracy_ci_low", "test_accuracy_ci_high", "ensemble_test_accuracy"]
+# What the MLflow UI shows atop each experiment (its note) and in the registry.
+EXPERIMENT_DESCRIPTIONS = {
+    EXPERIMENT: (
+        "Training runs of the MNIST multilayer perceptrons: one run per variant (`dvc repro` stage "
+        "`train@VARIANT`), with a child run per seed. A variant's run holds the per-epoch mean and standard "
+        "deviation over its seeds (`val_accuracy`, `val_accuracy_std`, ...) and, once `evaluate` has run, "
+        "its test accuracy: `test_accuracy_mean` with its 95% interval (`test_accuracy_ci_low`, "
+        "`test_accuracy_ci_high`), `ensemble_test_accuracy`, and `p_vs_champion`. The champion, the best "
+        "mean validation accuracy, carries the tag `champion`.\n\n"
+        "To compare: the links `evaluate` prints open this list filtered to the compared runs (tag "
+        "`comparison`), best mean validation accuracy first, and the compare view of those runs (parallel "
+        "coordinates of `depth`, `width`, `dropout` against `test_accuracy_mean`). "
+        f"Each comparison is a run of the experiment `{EVALUATION_EXPERIMENT}`, with its table."
+    ),
+    EVALUATION_EXPERIMENT: (
+        "One run per `evaluate` stage: the comparison of the variants on the test set (`comparison.json`, "
+        "`comparison.md`, `comparison.png`) and the champion's metrics. The variants' runs are in the "
+        f"experiment `{EXPERIMENT}`."
+    ),
+}
+REGISTERED_MODEL_DESCRIPTION = (
+    "One version per variant: the seed ensemble of its replicates (the mean of their probabilities), served "
+    "from raw pixels. Each variant's alias (`@mlp-256-64`, ...) points at its newest version; `@champion` at "
+    "the variant with the best mean validation accuracy over its seeds (the test set reports, it never "
+    "chooses). Each version's description gives its validation and test accuracy with intervals."
+)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 # The served model: MLflow runs SERVING_MODULE, which imports the package files listed here and
@@ -88,16 +121,25 @@ def check_store_fits_workspace() -> None:
         )
 
 
+def use_experiment(name: str) -> None:
+    """Make `name` the active experiment, described, and shown in the UI's Model-training mode."""
+    experiment = mlflow.set_experiment(name)
+    wanted = {"mlflow.note.content": EXPERIMENT_DESCRIPTIONS[name], "mlflow.experimentKind": "custom_model_development"}
+    for key, value in wanted.items():
+        if experiment.tags.get(key) != value:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+
+
 @contextlib.contextmanager
-def run(name: str, tags: dict[str, str], params: dict | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A run in the `mnist-mlp` experiment; under `mlflow run`, a child of the project's run.
+def run(name: str, tags: dict[str, str], params: dict | None = None, experiment: str = EXPERIMENT) -> Iterator[mlflow.ActiveRun]:
+    """A run in `experiment`; under `mlflow run`, a child of the project's run.
 
     Inside another run of this stage (a variant's run), it is that run's child.
     """
     nested = mlflow.active_run() is not None
     if not nested:
         check_store_fits_workspace()
-        mlflow.set_experiment(EXPERIMENT)
+        use_experiment(experiment)
         # `mlflow run` hands its run to us through MLFLOW_RUN_ID; logging into it directly would
         # pile every stage into one run, so each stage becomes its child instead.
         parent = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -124,7 +166,12 @@ def log_datasets(splits: dict[str, tuple[np.ndarray, np.ndarray, Path]]) -> None
 
 
 def _logged_params(params: dict) -> dict[str, str]:
-    return {key: json.dumps(value) if isinstance(value, list) else str(value) for key, value in params.items()}
+    """As the UI shows them best: `hidden_layers` as 512-256-128, with numeric `depth` and `width`."""
+    logged = {key: json.dumps(value) if isinstance(value, list) else str(value) for key, value in params.items()}
+    if "hidden_layers" in params:
+        layers = params["hidden_layers"]
+        logged.update(hidden_layers="-".join(map(str, layers)), depth=str(len(layers)), width=str(max(layers)))
+    return logged
 
 
 @contextlib.contextmanager
@@ -175,9 +222,10 @@ class EpochMetrics(keras.callbacks.Callback):
 
 
 def record_replicate(run_id: str, metrics: dict[str, float], model_file: Path) -> None:
-    """What a trained replicate adds to its run: its final metrics and its model file."""
+    """What a trained replicate adds to its run: its summary metrics (the final ones are its
+    per-epoch metrics' last step) and its model file."""
     timestamp, client = int(time.time() * 1000), mlflow.MlflowClient()
-    client.log_batch(run_id, metrics=[Metric(f"final_{name}", value, timestamp, 0) for name, value in metrics.items()])
+    client.log_batch(run_id, metrics=[Metric(name, value, timestamp, 0) for name, value in metrics.items()])
     client.log_artifact(run_id, str(model_file))
 
 
@@ -185,15 +233,15 @@ def record_variant(
     variant: str,
     param_count: int,
     epoch_stats: pd.DataFrame,
-    aggregates: dict[str, float],
+    train_seconds: float,
     figures: list[Path],
     summary: str,
     model_files: dict[int, Path],
     example: np.ndarray,
 ) -> int:
     """What a variant's run holds once its replicates are trained: the per-epoch mean and standard
-    deviation of every metric (step = epoch; `val_accuracy`, `val_accuracy_std`, ...), the final
-    aggregates, figures, summary, and the registered seed ensemble."""
+    deviation of every metric (step = epoch; `val_accuracy`, `val_accuracy_std`, ...), the seeds'
+    total training time, figures, summary, and the registered seed ensemble."""
     run_id = mlflow.active_run().info.run_id
     timestamp = int(time.time() * 1000)
     per_epoch = [
@@ -204,7 +252,7 @@ def record_variant(
     ]
     mlflow.MlflowClient().log_batch(run_id, metrics=per_epoch)
     mlflow.log_param("param_count", param_count)
-    mlflow.log_metrics({f"final_{name}": value for name, value in aggregates.items() if np.isfinite(value)})
+    mlflow.log_metric("train_seconds", train_seconds)
     for figure in figures:
         mlflow.log_artifact(str(figure))
     mlflow.log_text(summary, "model_summary.txt")
@@ -217,6 +265,66 @@ def record_evaluation(metrics: dict[str, float], table, files: list[Path]) -> No
     mlflow.log_table(table, "comparison.json")  # shown as a table in the run's artifacts view
     for path in files:
         mlflow.log_artifact(str(path))
+
+
+def record_comparison(
+    results: dict[str, dict[str, float]], descriptions: dict[str, str], versions: dict[str, int], champion: str, evaluation: str
+) -> dict[str, str]:
+    """What evaluate (its run: `evaluation`) adds where users look: on each variant's run and on
+    its registered version (the version's logged model) its test metrics, and the tag
+    `comparison`; the version's description; the champion tag on the champion's run, and on no
+    other; the experiment's view of the compared runs. The variant runs' ids."""
+    client, timestamp = mlflow.MlflowClient(), int(time.time() * 1000)
+    run_ids = {}
+    for variant, version in versions.items():
+        model_version = client.get_model_version(REGISTERED_MODEL, str(version))
+        run_ids[variant] = model_version.run_id
+        model_id = logged_model_id(model_version)
+        metrics = [Metric(name, value, timestamp, 0, model_id=model_id) for name, value in results[variant].items()]
+        client.log_batch(model_version.run_id, metrics=metrics, tags=[RunTag(COMPARISON_TAG, evaluation)])
+        client.update_model_version(REGISTERED_MODEL, str(version), description=descriptions[variant])
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    for former in client.search_runs([experiment_id], f"tags.{CHAMPION_TAG} = 'true'"):
+        if former.info.run_id != run_ids[champion]:
+            client.delete_tag(former.info.run_id, CHAMPION_TAG)
+    client.set_tag(run_ids[champion], CHAMPION_TAG, "true")
+    client.update_registered_model(REGISTERED_MODEL, description=REGISTERED_MODEL_DESCRIPTION)
+    # A view the UI opens by name (`?viewStateShareKey=`): the compared runs, best first, with their results.
+    view = {
+        "searchFilter": f"tags.{COMPARISON_TAG} = '{evaluation}'",
+        "orderByKey": "metrics.`val_accuracy`",
+        "orderByAsc": False,
+        "selectedColumns": [*(f"params.`{name}`" for name in VIEW_PARAMS), *(f"metrics.`{name}`" for name in VIEW_METRICS), f"tags.`{CHAMPION_TAG}`"],
+    }
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{COMPARISON_TAG}", json.dumps(view))
+    return run_ids
+
+
+def logged_model_id(model_version) -> str | None:
+    """The logged model a registered version came from (MLflow 3 names it in the version's source,
+    `models:/m-...`, and leaves `model_id` empty here): its metrics show on the version's page."""
+    if model_version.model_id:
+        return model_version.model_id
+    source = model_version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def ui_links(run_ids: list[str]) -> dict[str, str]:
+    """Where the MLflow UI shows the comparison: the experiment in Model-training mode, the
+    compare view of `run_ids`, the registered model. For `mlflow ui` on its default address,
+    or the tracking server's own (never its credentials)."""
+    uri = mlflow.get_tracking_uri()
+    base = "http://127.0.0.1:5000"
+    if uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)
+        base = urllib.parse.urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path.rstrip("/"), "", ""))
+    experiment_id = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id
+    compare = urllib.parse.urlencode({"runs": json.dumps(run_ids, separators=(",", ":")), "experiments": json.dumps([experiment_id])})
+    return {
+        "experiment": f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_TAG}&workflowType=machine_learning",
+        "compare": f"{base}/#/compare-runs?{compare}",
+        "registry": f"{base}/#/models/{REGISTERED_MODEL}",
+    }
 
 
 def serving_requirements() -> list[str]:

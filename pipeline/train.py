@@ -56,8 +56,14 @@ def epoch_statistics(histories: dict[int, pd.DataFrame]) -> pd.DataFrame:
 
 
 def replicate_metrics(curves: pd.DataFrame, train_seconds: float) -> dict:
-    final = curves.iloc[-1]
-    return {**{name: float(final[name]) for name in training.METRICS}, "train_seconds": round(train_seconds, 2)}
+    """The final epoch's metrics, the best validation accuracy and its epoch (the first, on a tie)."""
+    final, best = curves.iloc[-1], curves.loc[curves["val_accuracy"].idxmax()]
+    return {
+        **{name: float(final[name]) for name in training.METRICS},
+        "best_val_accuracy": float(best["val_accuracy"]),
+        "best_epoch": int(best["epoch"]),
+        "train_seconds": round(train_seconds, 2),
+    }
 
 
 def variant_metrics(replicates: dict[int, dict], epochs: int, param_count: int) -> dict:
@@ -79,8 +85,9 @@ def variant_metrics(replicates: dict[int, dict], epochs: int, param_count: int) 
 
 
 def model_summary(model: keras.Model) -> str:
+    """Keras' summary of the network alone: a trained model's would count Adam's slots as parameters."""
     lines: list[str] = []
-    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    keras.models.clone_model(model).summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     return "\n".join(lines)
 
 
@@ -134,7 +141,8 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
                     curves = history_frame(history)
                     replicates[seed] = replicate_metrics(curves, seconds)
                     write_replicate(variant, seed, model, curves)
-                    tracking.record_replicate(run_ids[seed], replicates[seed], replicate_model_path(variant, seed))
+                    summary = {name: replicates[seed][name] for name in ("best_val_accuracy", "best_epoch", "train_seconds")}
+                    tracking.record_replicate(run_ids[seed], summary, replicate_model_path(variant, seed))
                     models[seed], histories[seed] = model, curves.assign(seed=seed)
                     print(f"train@{variant}: seed {seed} val_accuracy {replicates[seed]['val_accuracy']:.4f}")
 
@@ -144,7 +152,7 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
             variant,
             model.count_params(),
             epoch_statistics(histories),
-            {key: value for key, value in metrics.items() if isinstance(value, float)},
+            metrics["train_seconds"],
             [train_reports_dir(variant) / name for name in FIGURES],
             model_summary(model),
             {seed: replicate_model_path(variant, seed) for seed in seeds},

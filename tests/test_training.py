@@ -67,7 +67,8 @@ def test_a_variant_trains_a_replicate_per_seed_saved_and_tracked(workspace, tmp_
     parent = runs[VARIANT]
     assert {run.info.status for run in runs.values()} == {"FINISHED"}
     p = parent.data.params
-    assert (p["hidden_layers"], p["batch_norm"], p["dropout"], p["init_stddev"]) == ("[256, 64]", "True", "0.0", "[0.039, 0.55]")
+    assert (p["hidden_layers"], p["batch_norm"], p["dropout"], p["init_stddev"]) == ("256-64", "True", "0.0", "[0.039, 0.55]")
+    assert (p["depth"], p["width"]) == ("2", "256")  # numeric: they make parallel-coordinates axes
     assert (p["param_count"], p["data.subset"], p["train.max_epochs"], p["train.seeds"]) == ("219338", "600", "2", "[0, 1]")
     assert parent.data.tags["dvc_stage"] == f"train@{VARIANT}" and len(parent.data.tags["params_hash"]) == 16
     # The parent: per-epoch mean and standard deviation over the replicates, final aggregates, figures.
@@ -78,20 +79,29 @@ def test_a_variant_trains_a_replicate_per_seed_saved_and_tracked(workspace, tmp_
         assert [m.step for m in means] == [m.step for m in spreads] == [1, 2]
         assert [m.value for m in means] == pytest.approx(stacked.groupby("epoch")[name].mean().tolist())
         assert [m.value for m in spreads] == pytest.approx(stacked.groupby("epoch")[name].std().tolist())
-    assert parent.data.metrics["final_val_accuracy"] == pytest.approx(metrics["val_accuracy"])
-    assert parent.data.metrics["final_val_accuracy_std"] == pytest.approx(metrics["val_accuracy_std"])
+    # The runs table shows each metric's last step: the final aggregates, with nothing logged twice.
+    assert parent.data.metrics["val_accuracy"] == pytest.approx(metrics["val_accuracy"])
+    assert parent.data.metrics["val_accuracy_std"] == pytest.approx(metrics["val_accuracy_std"])
+    assert parent.data.metrics["train_seconds"] == metrics["train_seconds"]
+    assert not [name for run in runs.values() for name in run.data.metrics if name.startswith("final_")]
     assert {"weights.png", "curves.png", "model_summary.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/model_summary.txt")
+    assert "Total params: 219,338" in summary and "Optimizer" not in summary  # the network's, not Adam's
     inputs = {d.dataset.name: [t.value for t in d.tags] for d in parent.inputs.dataset_inputs}
     assert inputs == {"mnist-training": ["training"], "mnist-validation": ["validation"]}
     # Each child: its seed, its per-epoch metrics, its final metrics and its model file.
     for seed in SEEDS:
         child = runs[f"{VARIANT} seed {seed}"]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.data.params["seed"] == str(seed) and child.data.params["hidden_layers"] == "[256, 64]"
+        assert child.data.params["seed"] == str(seed) and child.data.params["hidden_layers"] == "256-64"
         steps = client.get_metric_history(child.info.run_id, "val_accuracy")
         assert [m.step for m in steps] == [1, 2]
         assert [m.value for m in steps] == pytest.approx(histories[seed]["val_accuracy"].tolist())
-        assert child.data.metrics["final_val_accuracy"] == pytest.approx(replicates.loc[seed, "val_accuracy"])
+        assert child.data.metrics["val_accuracy"] == pytest.approx(replicates.loc[seed, "val_accuracy"])
+        best = histories[seed]["val_accuracy"].idxmax()
+        assert child.data.metrics["best_val_accuracy"] == pytest.approx(histories[seed]["val_accuracy"][best])
+        assert child.data.metrics["best_epoch"] == histories[seed]["epoch"][best] == replicates.loc[seed, "best_epoch"]
+        assert child.data.metrics["train_seconds"] == replicates.loc[seed, "train_seconds"]
         assert f"seed-{seed}.keras" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
     # One registered version: the seed ensemble, its code what serving runs, its pins what that imports.
@@ -132,11 +142,13 @@ def test_the_same_params_give_the_same_metrics(workspace, tmp_path):
     assert first_history == second_history
 
 
-def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_path, monkeypatch):
+def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_path, monkeypatch, capsys):
     params = only_variants(workspace, "mlp-256-64", "mlp-256-64-bn", "mlp-256-256-he-dropout")
     for variant in params.variants:
         train(params, variant)
+    capsys.readouterr()
     champion = evaluate(params)
+    printed = capsys.readouterr().out
 
     table = pd.read_csv(tmp_path / "reports/comparison.csv")
     assert list(table.columns) == [
@@ -156,12 +168,50 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
     assert markdown.startswith(f"**Champion: {champion}**") and "McNemar" in markdown
     summary = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert summary["champion"] == champion and summary["mcnemar_vs_runner_up"]["runner_up"] == table["variant"][1]
+    bands = pd.read_csv(tmp_path / "reports/epochs.csv")  # what dvc.yaml's charts overlay
+    history = pd.read_csv(tmp_path / "reports/history/mlp-256-64/seed-1.csv")
+    assert sorted(bands["variant"].unique()) == sorted(params.variants) and bands["epoch"].max() == 2
+    mine = bands[bands["variant"] == "mlp-256-64"].set_index("epoch")
+    assert (mine["val_accuracy_low"] <= mine["val_accuracy"]).all() and (mine["val_accuracy"] <= mine["val_accuracy_high"]).all()
+    assert abs(mine["val_accuracy"] - history.set_index("epoch")["val_accuracy"]).max() <= mine["val_accuracy_high"].sub(mine["val_accuracy"]).max() + 1e-6
+
     client = mlflow.MlflowClient()
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
-    (evaluate_run,) = mlflow.search_runs(experiment_names=["mnist-mlp"], filter_string="run_name = 'evaluate'", output_format="list")
+    # Evaluate's run has an experiment of its own; the training runs' experiment is described.
+    (evaluate_run,) = mlflow.search_runs(experiment_names=["mnist-mlp-evaluation"], output_format="list")
+    assert evaluate_run.info.run_name == "evaluate" and "evaluate" not in runs_by_name(client)
     assert {"comparison.csv", "comparison.md", "comparison.png", "comparison.json"} <= {
         a.path for a in client.list_artifacts(evaluate_run.info.run_id)
     }
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    assert "test_accuracy_mean" in experiment.tags["mlflow.note.content"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
+    # Each variant's run and registered version carry its test results; the champion's run its tag.
+    runs, rows = runs_by_name(client), table.set_index("variant")
+    for variant in params.variants:
+        run, version = runs[variant], client.get_model_version_by_alias("mnist-mlp", variant)
+        assert version.run_id == run.info.run_id
+        for name in ("test_accuracy_mean", "test_accuracy_ci_low", "test_accuracy_ci_high", "ensemble_test_accuracy"):
+            assert run.data.metrics[name] == pytest.approx(rows.loc[variant, name], abs=1e-6)
+        logged = client.get_logged_model(tracking.logged_model_id(version))  # its metrics show on the version's page
+        assert {m.key: m.value for m in logged.metrics}["test_accuracy_mean"] == pytest.approx(rows.loc[variant, "test_accuracy_mean"], abs=1e-6)
+        described = version.description
+        assert described.startswith(f"{variant}: the seed ensemble of 2 replicates (seeds 0, 1)")
+        assert f"Test accuracy {rows.loc[variant, 'test_accuracy_mean']:.4f}, 95% t-interval" in described
+        assert f"this ensemble: {rows.loc[variant, 'ensemble_test_accuracy']:.4f}" in described
+        assert run.data.tags.get("champion") == ("true" if variant == champion else None)
+    assert "champion" in client.get_registered_model("mnist-mlp").description
+    # The links evaluate prints: the experiment in Model-training mode, the variants compared.
+    experiment_link = (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=comparison&workflowType=machine_learning"
+    )
+    view = json.loads(client.get_experiment(experiment.experiment_id).tags["mlflow.sharedViewState.comparison"])
+    assert view["searchFilter"] == f"tags.comparison = '{evaluate_run.info.run_id}'"
+    compared = client.search_runs([experiment.experiment_id], view["searchFilter"])
+    assert sorted(run.info.run_name for run in compared) == sorted(params.variants)
+    assert f"  experiment: {experiment_link}\n" in printed
+    compared = [runs[variant].info.run_id for variant in table["variant"]]
+    assert f"  compare: http://127.0.0.1:5000/#/compare-runs?runs=%5B%22{compared[0]}%22%2C%22{compared[1]}%22%2C%22{compared[2]}%22%5D&" in printed
 
     # A fresh store (a new clone, a deleted mlflow.db): evaluate registers what DVC still has.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/fresh.db")
@@ -172,6 +222,8 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
         files = [tmp_path / f"models/{variant}/seed-{seed}.keras" for seed in SEEDS]
         assert version.tags["models_md5"] == tracking.models_md5(files)
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
+    champions = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id], "tags.champion = 'true'")
+    assert [run.info.run_name for run in champions] == [champion]
     # Run again against the now complete store: nothing is registered twice.
     evaluate(params)
     assert len(client.search_model_versions("name = 'mnist-mlp'")) == 3
@@ -195,7 +247,9 @@ def test_one_seed_still_gives_the_table_with_empty_spreads(workspace, tmp_path):
     summary_text = (tmp_path / "reports/metrics.json").read_text()
     assert "NaN" not in summary_text and json.loads(summary_text)["champion_val_accuracy_std"] is None
     parent = runs_by_name(mlflow.MlflowClient())["mlp-256-64"]
-    assert "final_val_accuracy_std" not in parent.data.metrics
+    assert "val_accuracy_std" not in parent.data.metrics and "test_accuracy_ci_low" not in parent.data.metrics
+    version = mlflow.MlflowClient().get_model_version_by_alias("mnist-mlp", "mlp-256-64")
+    assert "interval" not in version.description and "seeds 0)" in version.description
 
 
 def test_the_mirrored_strategy_trains_on_the_cpu(workspace, tmp_path):
