@@ -62,6 +62,8 @@ def copy_of_repository(destination: Path) -> Path:
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
+    page = REPO_ROOT / ".dvc/plots/offline.html"  # made by `make setup`, ignored by git
+    shutil.copy2(page, destination / page.relative_to(REPO_ROOT))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     subprocess.run([*git, "init", "-q"], cwd=destination, check=True)
     subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
@@ -87,3 +89,12 @@ def run_in(cwd: Path, *command: str) -> str:
 
 def dvc(*args: str, cwd: Path) -> str:
     return run_in(cwd, "dvc", *args)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> tuple[Path, str]:
+    """The whole pipeline, quick (3,000 images, 2 epochs, 3 seeds), run by `dvc exp run` in a fresh
+    copy of the repository as a user would: the copy and DVC's output. Tests that change it come last."""
+    repo = copy_of_repository(tmp_path_factory.mktemp("quick-run"))
+    output = dvc("exp", "run", "-S", "data.subset=3000", "-S", "train.max_epochs=2", "-S", "train.seeds=[0,1,2]", cwd=repo)
+    return repo, output

@@ -76,3 +76,19 @@ def tracking_server(backend_store_uri: str, artifacts_destination: Path, startup
         "--artifacts-destination", str(artifacts_destination), "--host", "127.0.0.1", "--port", str(port),
     ]
     return running(command, f"http://127.0.0.1:{port}", "/health", None, startup_seconds)
+
+
+# The lean UI the README documents (`make ui`): one worker, and no job runner (it serves GenAI
+# evaluations only); benchmarks/ui.py measures it against MLflow's defaults.
+LEAN_UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+LEAN_UI_OPTIONS = ["--workers", "1"]
+
+
+def ui_server(backend_store_uri: str, startup_seconds: float = 120):
+    """`mlflow ui` on a store, started lean, on 127.0.0.1 and a free port: a context yielding its URL."""
+    port = free_port()
+    command = [
+        str(BIN_DIR / "mlflow"), "ui", "--backend-store-uri", backend_store_uri,
+        "--host", "127.0.0.1", "--port", str(port), *LEAN_UI_OPTIONS,
+    ]
+    return running(command, f"http://127.0.0.1:{port}", "/health", LEAN_UI_ENV, startup_seconds)

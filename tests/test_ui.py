@@ -1,0 +1,146 @@
+"""What users see, in a real browser: Debian's Chromium, headless, driven by Playwright, against
+the quick run (conftest.quick_run) and the lean `mlflow ui` the README documents.
+
+Screenshots go to docs/screenshots/ (SCREENSHOTS_DIR overrides), where the README shows them.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import REPO_ROOT, dvc
+from tests.servers import LEAN_UI_ENV, LEAN_UI_OPTIONS, ui_server
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+# As root in a container: no sandbox; and none of Chromium's background calls to Google's hosts.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR", REPO_ROOT / "docs/screenshots"))
+SLOW_PAGE_MS = 60_000  # the UI's first page on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's `chromium` package (.ci/run does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(SLOW_PAGE_MS)
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def ui(quick_run):
+    """The UI's URL, and the links evaluate printed, pointed at it."""
+    repo, output = quick_run
+    printed = dict(re.findall(r"^  (experiment|compare|registry): (http\S+)$", output, re.MULTILINE))
+    assert set(printed) == {"experiment", "compare", "registry"}, output[-3000:]
+    with ui_server(f"sqlite:///{repo}/mlflow.db") as url:
+        yield url, {what: link.replace("http://127.0.0.1:5000", url, 1) for what, link in printed.items()}
+
+
+def variants_and_champion(repo: Path) -> tuple[list[str], str]:
+    variants = list(yaml.safe_load((repo / "params.yaml").read_text())["variants"])
+    champion = yaml.safe_load((repo / "reports/metrics.json").read_text())["champion"]
+    return variants, champion
+
+
+def shoot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / name)
+
+
+def test_make_ui_starts_the_lean_ui_these_tests_use():
+    recipe = (REPO_ROOT / "Makefile").read_text().split("\nui:", 1)[1].split("\n\n", 1)[0]
+    for name, value in LEAN_UI_ENV.items():
+        assert f"{name}={value} mlflow ui" in recipe
+    assert " ".join(LEAN_UI_OPTIONS) in recipe
+
+
+def close_the_assistant(page) -> None:
+    """MLflow 3's assistant panel opens beside every page; users close it, so do the screenshots."""
+    page.get_by_role("button", name="Close", exact=True).click()
+
+
+def test_the_experiment_page_lists_the_variants_with_test_accuracy_and_the_champion(page, ui, quick_run):
+    variants, champion = variants_and_champion(quick_run[0])
+    page.goto(ui[1]["experiment"])
+    expect(page.get_by_text(f"{len(variants)} matching runs")).to_be_visible()  # the variant runs, not their seeds
+    for variant in variants:
+        expect(page.get_by_role("link", name=variant, exact=True)).to_be_attached()
+    for column in ("test_accuracy_mean", "test_accuracy_ci_low", "ensemble_test_accuracy", "champion"):
+        expect(page.get_by_role("columnheader", name=column).first).to_be_visible()
+    # Best mean validation accuracy first: the champion's row, the one row whose champion cell says true.
+    first_row = page.locator('[row-index="0"]')
+    expect(first_row.get_by_role("link", name=champion, exact=True)).to_be_visible()
+    expect(first_row.get_by_role("gridcell", name="true", exact=True)).to_be_visible()
+    expect(page.get_by_role("gridcell", name="true", exact=True)).to_have_count(1)
+    close_the_assistant(page)
+    shoot(page, "experiment.png")
+
+
+def test_the_compare_view_of_the_variants_loads(page, ui, quick_run):
+    variants, _ = variants_and_champion(quick_run[0])
+    page.goto(ui[1]["compare"])
+    expect(page.get_by_text(f"Comparing {len(variants)} Runs from 1 Experiment")).to_be_visible()
+    for variant in variants:
+        expect(page.get_by_text(variant, exact=True).first).to_be_attached()
+    # Parallel coordinates of the architecture against the test accuracy, as the README shows it.
+    page.get_by_test_id("clear-button").click()
+    parameters, metrics = page.get_by_role("combobox").nth(0), page.get_by_role("combobox").nth(1)
+    for box, names in ((parameters, ["depth", "width", "dropout"]), (metrics, ["test_accuracy_mean"])):
+        box.click()
+        for name in names:
+            page.keyboard.type(name)
+            page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+    expect(page.locator("svg text", has_text="test_accuracy_mean").first).to_be_visible()
+    close_the_assistant(page)
+    shoot(page, "compare.png")
+
+
+def test_the_registry_shows_the_champion(page, ui, quick_run):
+    _, champion = variants_and_champion(quick_run[0])
+    page.goto(ui[1]["registry"])
+    expect(page.get_by_text("@champion at the variant with the best mean validation accuracy", exact=False)).to_be_visible()
+    aliased = page.get_by_role("row").filter(has_text="@\u00a0champion")  # the alias chip: "@", a no-break space, its name
+    expect(aliased).to_have_count(1)
+    expect(aliased).to_contain_text(f": {champion}")  # on the champion's version (its variant tag)
+    close_the_assistant(page)
+    shoot(page, "registry.png")
+
+
+def test_dvc_plots_draw_every_chart_with_no_network(page, quick_run):
+    repo, _ = quick_run
+    variants, _ = variants_and_champion(repo)
+    dvc("plots", "show", cwd=repo)
+    requests, errors = [], []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.route(re.compile(r"^(?!file:).*"), lambda route: route.abort())  # nothing leaves the machine
+    page.goto((repo / "dvc_plots/index.html").as_uri())
+
+    charts = page.locator(".vega-embed")
+    expect(charts).to_have_count(3)  # validation accuracy, validation loss, training loss
+    expect(page.locator(".vega-embed svg.marks")).to_have_count(3)  # each drawn by Vega
+    images = 2 * len(variants) + 1  # per variant its violins and curves; the comparison
+    drawn = "[...document.images].filter(image => image.complete && image.naturalWidth > 0).length"
+    page.wait_for_function(f"{drawn} === {images}")
+    assert errors == []
+    assert [url for url in requests if not url.startswith("file:")] == []
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    charts.first.screenshot(path=SCREENSHOTS / "validation-accuracy.png")
