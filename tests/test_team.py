@@ -75,7 +75,9 @@ def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_serv
     experiment = client.get_experiment_by_name("mnist-mlp")
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
     replicates = {f"{variant} seed {seed}" for variant in ("mlp-256-64", "mlp-256-64-bn") for seed in (0, 1)}
-    assert set(runs) == {"mlp-256-64", "mlp-256-64-bn", "evaluate", *replicates}
+    assert set(runs) == {"mlp-256-64", "mlp-256-64-bn", *replicates}
+    evaluations = client.search_runs([client.get_experiment_by_name("mnist-mlp-evaluation").experiment_id])
+    assert [run.info.run_name for run in evaluations] == ["evaluate"]
     assert {run.info.status for run in runs.values()} == {"FINISHED"}
     for variant in ("mlp-256-64", "mlp-256-64-bn"):
         run = runs[variant]
@@ -115,6 +117,8 @@ def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shar
     client = mlflow.MlflowClient(tracking_uri=url)
     experiment = client.get_experiment_by_name("mnist-mlp")
     before = {run.info.run_id for run in client.search_runs([experiment.experiment_id])} if experiment else set()
+    evaluation = client.get_experiment_by_name("mnist-mlp-evaluation")
+    evaluated_before = {run.info.run_id for run in client.search_runs([evaluation.experiment_id])} if evaluation else set()
 
     env = user_env(MLFLOW_TRACKING_URI=url)
     for seed in (1, 2):
@@ -129,7 +133,9 @@ def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shar
     experiment = client.get_experiment_by_name("mnist-mlp")
     new = [run for run in client.search_runs([experiment.experiment_id]) if run.info.run_id not in before]
     names = sorted(run.info.run_name for run in new)
-    assert names == sorted(["evaluate", "mlp-256-64", "mlp-256-64-bn"] * 2 + [f"{v} seed {s}" for v in ("mlp-256-64", "mlp-256-64-bn") for s in (1, 2)])
+    assert names == sorted(["mlp-256-64", "mlp-256-64-bn"] * 2 + [f"{v} seed {s}" for v in ("mlp-256-64", "mlp-256-64-bn") for s in (1, 2)])
+    evaluations = client.search_runs([client.get_experiment_by_name("mnist-mlp-evaluation").experiment_id])
+    assert [run.info.run_name for run in evaluations if run.info.run_id not in evaluated_before] == ["evaluate", "evaluate"]
     assert {run.info.status for run in new} == {"FINISHED"}
     seeds = sorted((run.info.run_name, run.data.params["train.seeds"]) for run in new if run.info.run_name in ("mlp-256-64", "mlp-256-64-bn"))
     assert seeds == [("mlp-256-64", "[1]"), ("mlp-256-64", "[2]"), ("mlp-256-64-bn", "[1]"), ("mlp-256-64-bn", "[2]")]
