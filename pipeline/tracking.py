@@ -272,8 +272,9 @@ def record_comparison(
 ) -> dict[str, str]:
     """What evaluate (its run: `evaluation`) adds where users look: on each variant's run and on
     its registered version (the version's logged model) its test metrics, and the tag
-    `comparison`; the version's description; the champion tag on the champion's run, and on no
-    other; the experiment's view of the compared runs. The variant runs' ids."""
+    `comparison`; the version's description; the tag champion, true on the champion's run and
+    false on the others and on former champions; the experiment's view of the compared runs. The
+    variant runs' ids."""
     client, timestamp = mlflow.MlflowClient(), int(time.time() * 1000)
     run_ids = {}
     for variant, version in versions.items():
@@ -284,10 +285,10 @@ def record_comparison(
         client.log_batch(model_version.run_id, metrics=metrics, tags=[RunTag(COMPARISON_TAG, evaluation)])
         client.update_model_version(REGISTERED_MODEL, str(version), description=descriptions[variant])
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    for former in client.search_runs([experiment_id], f"tags.{CHAMPION_TAG} = 'true'"):
-        if former.info.run_id != run_ids[champion]:
-            client.delete_tag(former.info.run_id, CHAMPION_TAG)
-    client.set_tag(run_ids[champion], CHAMPION_TAG, "true")
+    formers = {run.info.run_id for run in client.search_runs([experiment_id], f"tags.{CHAMPION_TAG} = 'true'")}
+    # Set, never deleted: evaluates running side by side (queued experiments) may reach the same run.
+    for run_id in formers | set(run_ids.values()):
+        client.set_tag(run_id, CHAMPION_TAG, "true" if run_id == run_ids[champion] else "false")
     client.update_registered_model(REGISTERED_MODEL, description=REGISTERED_MODEL_DESCRIPTION)
     # A view the UI opens by name (`?viewStateShareKey=`): the compared runs, best first, with their results.
     view = {

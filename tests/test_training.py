@@ -199,7 +199,7 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
         assert described.startswith(f"{variant}: the seed ensemble of 2 replicates (seeds 0, 1)")
         assert f"Test accuracy {rows.loc[variant, 'test_accuracy_mean']:.4f}, 95% t-interval" in described
         assert f"this ensemble: {rows.loc[variant, 'ensemble_test_accuracy']:.4f}" in described
-        assert run.data.tags.get("champion") == ("true" if variant == champion else None)
+        assert run.data.tags["champion"] == ("true" if variant == champion else "false")
     assert "champion" in client.get_registered_model("mnist-mlp").description
     # The links evaluate prints: the experiment in Model-training mode, the variants compared.
     experiment_link = (
