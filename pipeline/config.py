@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from pipeline.data import TRAIN_IMAGES
+from pipeline.data import IMAGE_PIXELS, NUM_CLASSES, TRAIN_IMAGES
 from pipeline.errors import ParamsError
 from pipeline.paths import PARAMS_FILE
 
@@ -34,7 +34,7 @@ class DownloadParams(_Section):
 class DataParams(_Section):
     subset: int = Field(ge=0, le=TRAIN_IMAGES)
     test_size: float = Field(gt=0, lt=1)
-    random_state: int = Field(ge=0)
+    random_state: int = Field(ge=0, le=2**32 - 1)  # what scikit-learn's splitter accepts
 
 
 Activation = Literal["relu", "elu", "gelu", "tanh", "sigmoid"]
@@ -42,10 +42,22 @@ OutputInitializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_
 # The hidden layers also take random_normal, whose stddevs are init_stddev.
 Initializer = Literal["random_normal", "glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
 Optimizer = Literal["adam", "sgd", "rmsprop"]
-PositiveInt = Annotated[int, Field(gt=0)]
+# Bounds the code can honour on this kind of machine (docs/parameters.md): every one is checked
+# before any work, so a value beyond them is refused rather than crashing or swapping hours in.
 # A replicate's layers draw from seeds seed * 1000 + layer (model.py): this keeps them in int32.
 MAX_SEED = 1_000_000
-PositiveFloat = Annotated[float, Field(gt=0)]
+MAX_EPOCHS = 10_000
+MAX_UNITS = 8_192  # per hidden layer
+MAX_HIDDEN_LAYERS = 20
+MAX_BATCH_SIZE = TRAIN_IMAGES  # no split holds more images
+MAX_LEARNING_RATE = 1_000.0  # finite in float32 with room to spare; no rate near it learns
+MAX_INIT_STDDEV = 100.0
+# What a variant's replicates may need at once (estimate_memory): a third of this machine's 24 GB,
+# leaving TensorFlow, the data and the operating system the rest.
+MEMORY_BUDGET_BYTES = 8 * 2**30
+FLOAT_BYTES = 4
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # Variant names become DVC stage names (train@NAME), param paths (variants.NAME) and
 # MLflow aliases (models:/mnist-mlp@NAME): no dots, no spaces, not an alias MLflow reserves.
 VariantName = Annotated[str, StringConstraints(pattern=r"^(?!v\d+$|latest$|champion$)[a-z][a-z0-9-]{0,62}$")]
@@ -55,22 +67,22 @@ class FitSettings(_Section):
     """The settings `train` sets for every variant and a variant may override."""
 
     batch_norm: bool
-    dropout: float = Field(ge=0, lt=1)
+    dropout: float = Field(ge=0, lt=1, allow_inf_nan=False)
     activation: Activation
     initializer: Initializer  # of the hidden layers' kernels
     # random_normal only: stddev of the first hidden layer, then of every later hidden layer
-    init_stddev: list[PositiveFloat] | None = Field(min_length=2, max_length=2)
+    init_stddev: list[Annotated[PositiveFloat, Field(le=MAX_INIT_STDDEV)]] | None = Field(min_length=2, max_length=2)
     output_initializer: OutputInitializer
     optimizer: Optimizer
-    learning_rate: PositiveFloat
-    batch_size: PositiveInt
-    epochs: PositiveInt
+    learning_rate: PositiveFloat = Field(le=MAX_LEARNING_RATE)
+    batch_size: PositiveInt = Field(le=MAX_BATCH_SIZE)
+    epochs: PositiveInt = Field(le=MAX_EPOCHS)
     # XLA sums in another order than TensorFlow's kernels, so it belongs to what is learned.
     jit_compile: bool
 
 
 class TrainParams(FitSettings):
-    max_epochs: int = Field(ge=0)  # caps every variant's epochs; 0 = no cap
+    max_epochs: int = Field(ge=0, le=MAX_EPOCHS)  # caps every variant's epochs; 0 = no cap
     # One replicate of every variant per seed: its initial weights, data order and dropout masks.
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1)
     # none: one device; mirrored: every GPU of this host; multi_worker: the hosts in TF_CONFIG.
@@ -86,8 +98,8 @@ class TrainParams(FitSettings):
 class SpeedParams(_Section):
     """How fast training runs, never what it learns: no stage lists this section in dvc.yaml."""
 
-    steps_per_execution: PositiveInt
-    validation_batch_size: PositiveInt
+    steps_per_execution: PositiveInt = Field(le=10_000)
+    validation_batch_size: PositiveInt = Field(le=65_536)
     # true: a variant's seeds train side by side in one program; false: one after another.
     # Each replicate computes the same either way (tests/test_together.py), within float rounding.
     replicates_together: bool
@@ -96,7 +108,7 @@ class SpeedParams(_Section):
 class VariantSpec(FitSettings):
     """One fully resolved configuration: `train`'s settings with the variant's overrides."""
 
-    hidden_layers: list[PositiveInt] = Field(min_length=1, max_length=100)
+    hidden_layers: list[Annotated[PositiveInt, Field(le=MAX_UNITS)]] = Field(min_length=1, max_length=MAX_HIDDEN_LAYERS)
 
     @model_validator(mode="after")
     def _stddev_goes_with_random_normal(self) -> "VariantSpec":
@@ -129,16 +141,47 @@ class Params(_Section):
         }
         return {**raw, "variants": variants}
 
+    @model_validator(mode="after")
+    def _variants_fit_the_machine(self) -> "Params":
+        seeds, problems = len(self.train.seeds), []
+        for name, spec in self.variants.items():
+            needed = estimate_memory(spec, seeds)
+            if needed > MEMORY_BUDGET_BYTES:
+                problems.append(
+                    f"variants.{name}: {seeds} replicates of {parameter_count(spec):,} parameters at batch {spec.batch_size:,} "
+                    f"need about {needed / 2**30:.1f} GiB, more than the {MEMORY_BUDGET_BYTES / 2**30:.0f} GiB allowed"
+                )
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
     def epochs(self, variant: str) -> int:
         """The epochs variant will train for: its own, capped by train.max_epochs."""
         epochs = self.variants[variant].epochs
         return min(epochs, self.train.max_epochs) if self.train.max_epochs else epochs
 
 
+def parameter_count(spec: VariantSpec) -> int:
+    """A replicate's trainable and BatchNorm parameters, as Keras counts them."""
+    widths = [IMAGE_PIXELS, *spec.hidden_layers, NUM_CLASSES]
+    dense = sum((inputs + 1) * outputs for inputs, outputs in zip(widths, widths[1:]))
+    return dense + (4 * sum(spec.hidden_layers) if spec.batch_norm else 0)
+
+
+def estimate_memory(spec: VariantSpec, seeds: int) -> int:
+    """Bytes the replicates of a variant hold while training together: per parameter its weight,
+    gradient and two optimizer slots; per batch image every layer's activations, kept for the
+    backward pass (three copies: output, mask or normalised value, gradient)."""
+    activations = spec.batch_size * (IMAGE_PIXELS + sum(spec.hidden_layers) + NUM_CLASSES)
+    return seeds * FLOAT_BYTES * (4 * parameter_count(spec) + 3 * activations)
+
+
 def _describe(error: dict) -> str:
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
-    key = key.lstrip(".") or "(top level)"
+    key = key.lstrip(".")
     message = error["msg"].removeprefix("Value error, ")
+    if not key:  # a check across keys names its own
+        return f"  {message}"
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] not in ("missing", "value_error"):

@@ -56,6 +56,19 @@ def test_the_shipped_params_are_valid():
         ("download.sources", [], "at least 1 item"),
         ("download.url", "storage.example/mnist.npz", "should match pattern"),
         ("download.timeout_seconds", 0, "greater than 0"),
+        # Bounds the code can honour: beyond them a crash, or hours of swapping, without them.
+        ("train.seeds", [2**70], "[0]: Input should be less than or equal to 1000000"),
+        ("data.random_state", 2**32, "less than or equal to 4294967295"),
+        ("train.epochs", 10**9, "less than or equal to 10000"),
+        ("train.max_epochs", 10_001, "less than or equal to 10000"),
+        ("train.batch_size", 10**6, "less than or equal to 60000"),
+        ("train.learning_rate", float("inf"), "finite number"),
+        ("train.learning_rate", float("nan"), "finite number"),
+        ("train.learning_rate", 1e4, "less than or equal to 1000"),
+        ("train.dropout", float("nan"), "finite number"),
+        ("train.init_stddev", [0.1, float("inf")], "[1]: Input should be a finite number"),
+        ("speed.steps_per_execution", 10**6, "less than or equal to 10000"),
+        ("speed.validation_batch_size", 10**6, "less than or equal to 65536"),
     ],
 )
 def test_an_invalid_value_is_named_with_what_is_allowed(key, value, allowed):
@@ -126,6 +139,12 @@ def test_a_stage_stops_before_any_work_on_bad_params(stage, tmp_path):
         ({"initializer": "he_normal"}, "", "init_stddev (first hidden layer, later hidden layers) is required"),
         ({"init_stddev": [0.1]}, "init_stddev", "at least 2 items"),
         ({"hidden_units": [10]}, "hidden_units", "unknown key"),
+        ({"hidden_layers": [10**6]}, "hidden_layers[0]", "less than or equal to 8192"),
+        ({"hidden_layers": [8] * 21}, "hidden_layers", "at most 20 items"),
+        ({"batch_size": 10**6}, "batch_size", "less than or equal to 60000"),
+        ({"epochs": 10**9}, "epochs", "less than or equal to 10000"),
+        # Within every per-key bound, but five replicates of it would not fit this machine.
+        ({"hidden_layers": [8192, 8192, 8192]}, "", "5 replicates of 140,746,762 parameters at batch 128 need about 10.7 GiB, more than the 8 GiB allowed"),
     ],
 )
 def test_a_bad_variant_is_named_down_to_the_key(change, key, says):

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.config import parameter_count
 from pipeline.model import build_model, dense_kernels
 from pipeline.plots import weight_violins
 
@@ -23,6 +24,8 @@ NOTEBOOK_PARAM_COUNTS = {
 def test_the_ten_variants_have_the_notebooks_parameter_counts(default_params):
     counts = {name: build_model(spec, 0).count_params() for name, spec in default_params.variants.items()}
     assert counts == NOTEBOOK_PARAM_COUNTS
+    # The count config.py's memory bound rests on, before any model is built.
+    assert {name: parameter_count(spec) for name, spec in default_params.variants.items()} == NOTEBOOK_PARAM_COUNTS
 
 
 def test_layers_go_dense_then_batch_norm_then_dropout(default_params):
