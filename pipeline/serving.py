@@ -16,11 +16,16 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from pipeline.data import to_features
 from pipeline.ensemble import ensemble_probabilities
 
 MAX_BATCH = 4096  # images per request: bounds what one request costs in memory and time
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model computed NaN or infinity: never sent as an answer."""
 
 
 def predict_digits(members, pixels) -> pd.DataFrame:
@@ -31,6 +36,9 @@ def predict_digits(members, pixels) -> pd.DataFrame:
         raise ValueError(f"a request carries 1 to {MAX_BATCH} images, this one {len(features)}")
     # predict_on_batch: one compiled call per member; predict() sets up a loop per call.
     probabilities = ensemble_probabilities([member.predict_on_batch(features) for member in members])
+    if not np.isfinite(probabilities).all():
+        bad = int((~np.isfinite(probabilities)).any(axis=1).sum())
+        raise NonFiniteOutput(f"the model computed non-finite probabilities for {bad} of {len(features)} images: it is broken, not the request")
     return pd.DataFrame(
         {"digit": probabilities.argmax(axis=1), "probabilities": [row.tolist() for row in probabilities]}
     )
@@ -53,6 +61,8 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         except ValueError as error:
             # MLflow answers an MlflowException of this kind with 400 and the message.
             raise MlflowException.invalid_parameter_value(str(error)) from None
+        except NonFiniteOutput as error:  # a 500 that says so, not a 200 carrying NaN (which is not JSON)
+            raise MlflowException(str(error), error_code=INTERNAL_ERROR) from None
 
 
 mlflow.models.set_model(DigitClassifier())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,3 +93,36 @@ def ui_server(backend_store_uri: str, startup_seconds: float = 120):
         "--host", "127.0.0.1", "--port", str(port), *LEAN_UI_OPTIONS,
     ]
     return running(command, f"http://127.0.0.1:{port}", "/health", LEAN_UI_ENV, startup_seconds)
+
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+PROXY_CONF = REPO_DIR / "deploy/nginx.conf"  # the recipe docs/serving.md gives, as shipped
+
+
+@contextlib.contextmanager
+def nginx_proxy(upstream_url: str, startup_seconds: float = 30) -> Iterator[str]:
+    """Debian's nginx running deploy/nginx.conf, its two ports set to a free one and `upstream_url`'s:
+    a context yielding the proxy's URL. Its own prefix directory: no system file is touched."""
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin")
+    if nginx is None:
+        raise RuntimeError("nginx is not installed: apt-get install nginx (.ci/run does)")
+    port, upstream = free_port(), upstream_url.removeprefix("http://")
+    recipe = PROXY_CONF.read_text()
+    assert "listen 8080;" in recipe and recipe.count("http://127.0.0.1:5001;") == 2, "the recipe's ports moved"
+    with tempfile.TemporaryDirectory(prefix="nginx-") as prefix:
+        root = Path(prefix)
+        root.chmod(0o755)  # nginx's workers run as nobody under root: they must reach their temp paths
+        for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (root / name).mkdir(mode=0o777)
+            (root / name).chmod(0o777)
+        (root / "server.conf").write_text(
+            recipe.replace("listen 8080;", f"listen 127.0.0.1:{port};").replace("http://127.0.0.1:5001;", f"http://{upstream};")
+        )
+        (root / "nginx.conf").write_text(
+            f"daemon off;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\nevents {{}}\nhttp {{\n"
+            "    access_log off;\n"
+            + "".join(f"    {name}_temp_path {root}/{name.removeprefix('client_')};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + f"    include {root}/server.conf;\n}}\n"
+        )
+        with running([nginx, "-p", str(root), "-c", str(root / "nginx.conf")], f"http://127.0.0.1:{port}", "/ping", None, startup_seconds) as url:
+            yield url

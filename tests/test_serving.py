@@ -1,7 +1,10 @@
 """A real `mlflow models serve` process, a registered model, raw test images over HTTP."""
 
+import http.client
 import json
+import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from pathlib import Path
@@ -12,10 +15,12 @@ import numpy as np
 import pytest
 
 from benchmarks.load import load_test
+from pipeline import tracking
+from pipeline.model import build_network
 from pipeline.paths import replicate_model_path
 from pipeline.serving import MAX_BATCH
 from pipeline.train import train
-from tests.servers import is_up, scoring_server
+from tests.servers import is_up, nginx_proxy, scoring_server
 
 from conftest import small_workspace
 
@@ -168,3 +173,87 @@ def test_a_small_load_mixing_good_and_malformed_requests(served, canonical_array
     expected = local_ensemble.predict_on_batch(images.astype(np.float32) / 255).argmax(axis=1)
     result = load_test(url, images, expected, requests=400, concurrency=8, seconds=120)
     assert result["counts"] == {"correct": 300, "refused": 100}  # no 5xx, drops or wrong answers
+
+
+def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST exactly these headers (urllib would add a Content-Type of its own)."""
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    try:
+        connection.request("POST", "/invocations", body=body, headers={"Content-Length": str(len(body)), **headers})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+DEEP_JSON = b'{"inputs": ' + b"[" * 1000 + b"0" + b"]" * 1000 + b"}"
+LARGEST_REQUEST = {"inputs": [[255.0] * 784] * MAX_BATCH}  # 22.5 MB of JSON: what deploy/nginx.conf must admit
+
+
+def test_what_mlflows_own_scoring_server_does_with_hostile_payloads(served):
+    """Pinned, so that an MLflow upgrade that changes any of it shows up here (docs/reliability.md)."""
+    url, _ = served
+    good = json.dumps({"inputs": [ROW]}).encode()
+    # No Content-Type: MLflow 3.17 fails on it (content_type.split on None), 500 without a message.
+    assert raw_post(url, good, {}) == (500, b"Internal Server Error")
+    status, body = raw_post(url, good, {"Content-Type": "text/plain"})
+    assert status == 415 and b"only supports the following content types" in body
+    # JSON about a thousand levels deep: Python's parser gives up (RecursionError), 500.
+    assert raw_post(url, DEEP_JSON, {"Content-Type": "application/json"}) == (500, b"Internal Server Error")
+    # No limit on the body: 20 MB of one row is read and parsed whole before the shape is refused.
+    status, body = raw_post(url, b'{"inputs": [[' + b"0," * 10_000_000 + b"0]]}", {"Content-Type": "application/json"})
+    assert status == 400 and b"does not match expected shape" in body
+    assert is_up(url)  # and it serves on
+
+
+def test_the_nginx_recipe_refuses_oversized_bodies_and_wrong_types_and_passes_good_requests(served, canonical_arrays):
+    url, local_ensemble = served
+    with nginx_proxy(url) as proxy:
+        images = canonical_arrays["x_test"][:50].reshape(50, 784)
+        status, answer = post(proxy, {"inputs": images.tolist()})
+        assert status == 200
+        expected = local_ensemble.predict_on_batch(images.astype(np.float32) / 255)
+        assert [p["digit"] for p in answer["predictions"]] == expected.argmax(axis=1).tolist()
+        status, answer = post(proxy, LARGEST_REQUEST, content_type="application/json; charset=utf-8")
+        assert status == 200 and len(answer["predictions"]) == MAX_BATCH
+
+        good = json.dumps({"inputs": [ROW]}).encode()
+        for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/jsonx"}, {"Content-Type": "text/csv"}):
+            status, body = raw_post(proxy, good, headers)
+            assert (status, json.loads(body)["error_code"]) == (415, "UNSUPPORTED_MEDIA_TYPE"), headers
+        status, body = raw_post(proxy, b"[" * (25 * 2**20), {"Content-Type": "application/json"})
+        assert (status, json.loads(body)["error_code"]) == (413, "REQUEST_TOO_LARGE")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{proxy}/invocations", timeout=30)  # GET
+        assert refused.value.code == 403
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            urllib.request.urlopen(f"{proxy}/admin", timeout=30)
+        assert unknown.value.code == 404
+        # What the proxy cannot judge passes through as MLflow answers it.
+        assert raw_post(proxy, DEEP_JSON, {"Content-Type": "application/json"})[0] == 500
+        assert is_up(proxy)
+
+
+def test_a_model_that_computes_nan_answers_500_never_nan(tmp_path, default_params):
+    """A served model whose weights went non-finite (registration refuses one: this one is saved
+    directly) answers with an error that says so, never a 200 carrying NaN."""
+    network = build_network(default_params.variants[VARIANT], 0)
+    weights = network.get_weights()
+    weights[-1][:] = np.nan  # the output layer's bias
+    network.set_weights(weights)
+    member = tmp_path / "seed-0.keras"
+    network.save(member)
+    package = tmp_path / "code" / tracking.PACKAGE_DIR.name
+    package.mkdir(parents=True)
+    for name in tracking.SERVED_FILES:
+        shutil.copy2(tracking.PACKAGE_DIR / name, package / name)
+    mlflow.pyfunc.save_model(
+        tmp_path / "model", python_model=str(tracking.PACKAGE_DIR / tracking.SERVING_MODULE),
+        artifacts={"seed-0": str(member)}, code_paths=[str(package)], signature=tracking.SIGNATURE,
+    )
+    with scoring_server(str(tmp_path / "model")) as url:
+        status, body = raw_post(url, json.dumps({"inputs": [ROW]}).encode(), {"Content-Type": "application/json"})
+    assert status == 500
+    answer = json.loads(body, parse_constant=lambda constant: pytest.fail(f"bare {constant} in the answer"))
+    assert "non-finite probabilities for 1 of 1 images" in answer["message"]
