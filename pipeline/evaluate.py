@@ -19,6 +19,7 @@ from pipeline.config import Params, load_params
 from pipeline.data import DataError, load_split, raw_pixels
 from pipeline.ensemble import ensemble_probabilities
 from pipeline.files import atomic_write
+from pipeline.model import has_finite_weights, load_replicate
 from pipeline.paths import (
     EPOCHS_CSV,
     PROCESSED_DIR,
@@ -37,6 +38,7 @@ COLUMNS = [
     "params",
     "epochs",
     "seeds",
+    "failed_seeds",
     "val_accuracy_mean",
     "val_accuracy_std",
     "test_accuracy_mean",
@@ -64,24 +66,39 @@ MARKDOWN_FORMATS = [
 
 
 def trained(variant: str, seeds: list[int]) -> dict:
-    """The train stage's metrics.json, checked against the seeds params.yaml asks for."""
+    """The train stage's metrics.json, checked against the seeds params.yaml asks for and the files
+    it promises: a history per seed, a model per finished (not diverged) replicate."""
     metrics_file = train_reports_dir(variant) / "metrics.json"
-    files = [path for seed in seeds for path in (replicate_model_path(variant, seed), replicate_history_path(variant, seed))]
-    missing = [str(path) for path in [metrics_file, *files] if not path.is_file()]
-    if missing:
-        raise DataError(f"{variant} has no trained {', '.join(missing)}: run `dvc repro train@{variant}`")
-    metrics = json.loads(metrics_file.read_text())
+    remedy = f"restore them with `dvc checkout train@{variant}` or retrain with `dvc repro -f -s train@{variant}`"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+        finished = [replicate["seed"] for replicate in metrics["replicates"]]
+    except FileNotFoundError:
+        raise DataError(f"{variant} has no trained {metrics_file}: run `dvc repro train@{variant}`") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{metrics_file} is not what train@{variant} writes ({type(error).__name__}): {remedy}") from None
     if metrics["seeds"] != seeds:
         raise DataError(f"{variant} was trained with seeds {metrics['seeds']}, params say {seeds}: run `dvc repro`")
+    files = [replicate_history_path(variant, seed) for seed in seeds] + [replicate_model_path(variant, seed) for seed in finished]
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise DataError(f"{variant}: {', '.join(missing)} missing: {remedy}")
     return metrics
 
 
-def epoch_bands(variants: list[str], seeds: list[int]) -> pd.DataFrame:
-    """Per variant and epoch, each metric's mean over the seeds and a band of one standard deviation
-    (`val_accuracy`, `val_accuracy_low`, `val_accuracy_high`; for one seed the band is the mean):
-    what dvc.yaml's charts overlay."""
+def finished_seeds(metrics: dict) -> list[int]:
+    """The seeds whose replicates finished training (the others diverged), in seed order."""
+    return sorted(replicate["seed"] for replicate in metrics["replicates"])
+
+
+def epoch_bands(metrics_by_variant: dict[str, dict]) -> pd.DataFrame:
+    """Per variant and epoch, each metric's mean over its finished replicates and a band of one
+    standard deviation (`val_accuracy`, `val_accuracy_low`, `val_accuracy_high`; for one seed the
+    band is the mean): what dvc.yaml's charts overlay."""
     frames = []
-    for variant in variants:
+    for variant, metrics in metrics_by_variant.items():
+        if not (seeds := finished_seeds(metrics)):
+            continue
         history = pd.concat(pd.read_csv(replicate_history_path(variant, seed)) for seed in seeds).groupby("epoch")
         mean, spread = history.mean(), history.std().fillna(0.0)
         bands = pd.concat([mean, (mean - spread).add_suffix("_low"), (mean + spread).add_suffix("_high")], axis=1)
@@ -96,24 +113,43 @@ def scores_on_test(probabilities: np.ndarray, y_test: np.ndarray) -> tuple[float
     return loss, float(correct.mean()), correct
 
 
-def score_variant(variant: str, metrics: dict, x_test, y_test) -> tuple[pd.DataFrame, float, np.ndarray]:
-    """Per replicate its validation and test scores; the ensemble's test accuracy and right answers."""
-    seeds = sorted(metrics["seeds"])  # the order the served ensemble averages in, to the last bit
-    members = [keras.saving.load_model(replicate_model_path(variant, seed), compile=False) for seed in seeds]
+def score_variant(variant: str, metrics: dict, x_test, y_test) -> tuple[pd.DataFrame, float, np.ndarray | None, dict[int, str]]:
+    """Per finished replicate its validation and test scores; the ensemble's test accuracy and right
+    answers; the replicates left out, with why (diverged in training, non-finite weights or test outputs)."""
+    failures = {failure["seed"]: failure["reason"] for failure in metrics.get("diverged", [])}
     validation = {r["seed"]: r["val_accuracy"] for r in metrics["replicates"]}
-    probabilities = [member.predict_on_batch(x_test) for member in members]
-    rows = []
-    for seed, member_probabilities in zip(seeds, probabilities):
+    rows, probabilities = [], []
+    for seed in finished_seeds(metrics):  # the order the served ensemble averages in, to the last bit
+        member = load_replicate(replicate_model_path(variant, seed), variant)
+        if not has_finite_weights(member):
+            failures[seed] = "non-finite weights in its model file"
+            continue
+        member_probabilities = member.predict_on_batch(x_test)
+        if not np.isfinite(member_probabilities).all():
+            failures[seed] = "non-finite outputs on the test set"
+            continue
         loss, accuracy, _ = scores_on_test(member_probabilities, y_test)
         rows.append({"variant": variant, "seed": seed, "val_accuracy": validation[seed], "test_loss": loss, "test_accuracy": accuracy})
+        probabilities.append(member_probabilities)
+    scores = pd.DataFrame(rows, columns=["variant", "seed", "val_accuracy", "test_loss", "test_accuracy"])
+    if not probabilities:
+        return scores, np.nan, None, dict(sorted(failures.items()))
     _, ensemble_accuracy, ensemble_correct = scores_on_test(ensemble_probabilities(probabilities), y_test)
-    return pd.DataFrame(rows), ensemble_accuracy, ensemble_correct
+    return scores, ensemble_accuracy, ensemble_correct, dict(sorted(failures.items()))
 
 
 def comparison_table(
-    params: Params, metrics_by_variant: dict[str, dict], replicates: pd.DataFrame, ensembles: dict[str, float]
+    params: Params,
+    metrics_by_variant: dict[str, dict],
+    replicates: pd.DataFrame,
+    ensembles: dict[str, float],
+    failures: dict[str, dict[int, str]],
 ) -> pd.DataFrame:
-    """One row per variant, best mean validation accuracy first, compared with the champion."""
+    """One row per variant, best mean validation accuracy first, compared with the champion.
+
+    Its statistics come from the finished replicates; `failed_seeds` counts the others. A variant
+    with none has empty statistics and comes last; the tests pair the seeds both variants finished.
+    """
     rows = []
     for variant, spec in params.variants.items():
         scores = replicates[replicates["variant"] == variant]
@@ -129,6 +165,7 @@ def comparison_table(
                 "params": metrics["params"],
                 "epochs": metrics["epochs"],
                 "seeds": len(scores),
+                "failed_seeds": len(failures[variant]),
                 "val_accuracy_mean": scores["val_accuracy"].mean(),
                 "val_accuracy_std": scores["val_accuracy"].std(),
                 "test_accuracy_mean": scores["test_accuracy"].mean(),
@@ -144,27 +181,17 @@ def comparison_table(
         )
     # Best mean validation accuracy first; ties keep params.yaml's order.
     table = pd.DataFrame(rows).sort_values("val_accuracy_mean", ascending=False, kind="stable").reset_index(drop=True)
-    champion = replicates[replicates["variant"] == table["variant"][0]].sort_values("seed")["val_accuracy"].to_numpy()
-    others = [replicates[replicates["variant"] == v].sort_values("seed")["val_accuracy"].to_numpy() for v in table["variant"][1:]]
-    table["prob_champion_better"] = [np.nan] + [stats.probability_better(champion, other) for other in others]
-    table["p_vs_champion"] = [np.nan, *stats.holm([stats.paired_p_value(champion, other) for other in others])]
+    if table["seeds"][0] == 0:
+        raise DataError("every replicate of every variant diverged: there is nothing to compare (see reports/train/*/metrics.json)")
+    by_seed = replicates.pivot(index="seed", columns="variant", values="val_accuracy")
+    champion = by_seed[table["variant"][0]] if len(by_seed) else pd.Series(dtype=float)
+    pairs = [pd.concat([champion, by_seed.get(v, pd.Series(dtype=float))], axis=1).dropna() for v in table["variant"][1:]]
+    table["prob_champion_better"] = [np.nan] + [
+        stats.probability_better(champion.dropna(), by_seed[v].dropna()) if v in by_seed else np.nan for v in table["variant"][1:]
+    ]
+    table["p_vs_champion"] = [np.nan, *stats.holm([stats.paired_p_value(pair.iloc[:, 0], pair.iloc[:, 1]) for pair in pairs])]
     table["tied_with_champion"] = [pd.NA] + [pd.NA if math.isnan(p) else bool(p >= SIGNIFICANCE) for p in table["p_vs_champion"][1:]]
     return table
-
-
-def ensure_registered(params: Params, x_example) -> dict[str, int]:
-    """Each variant's registered seed ensemble, its alias pointed there; what the MLflow store lost
-    is logged again from DVC's files."""
-    files = {variant: {seed: replicate_model_path(variant, seed) for seed in params.train.seeds} for variant in params.variants}
-    versions = tracking.find_registered_versions(files)
-    for variant, version in versions.items():
-        if version is not None:
-            tracking.point_alias(variant, version)
-            continue
-        print(f"evaluate: {variant} is not in the MLflow registry with these models and serving code; registering it from models/{variant}/")
-        with tracking.run(variant, {"dvc_stage": f"train@{variant}", "registered_by": "evaluate"}):
-            versions[variant] = tracking.log_and_register_model(files[variant], variant, x_example)
-    return versions
 
 
 def finite(value):
@@ -172,11 +199,27 @@ def finite(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def left_out(failures: dict[str, dict[int, str]]) -> str:
+    """The sentence that says which replicates the statistics leave out, and why ("" if none)."""
+    named = [f"{variant} seed {seed} ({reason})" for variant, by_seed in failures.items() for seed, reason in by_seed.items()]
+    if not named:
+        return ""
+    return (
+        f" Left out of every statistic, ensemble and test: {'; '.join(named)}. The statistics of those variants come "
+        "from their other replicates, and the paired tests from the seeds both variants finished; a variant with "
+        "none left has no statistics and cannot be champion."
+    )
+
+
 def tied_variants(table: pd.DataFrame) -> list[str]:
     return table[table["tied_with_champion"] == True]["variant"].tolist()  # noqa: E712 (NA-aware)
 
 
-def summary_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> str:
+def summary_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int], failures: dict[str, dict[int, str]]) -> str:
+    return comparison_paragraph(table, mcnemar, seeds) + left_out(failures)
+
+
+def comparison_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> str:
     champion = table.iloc[0]
     name, k = champion["variant"], len(seeds)
     text = (
@@ -190,21 +233,30 @@ def summary_paragraph(table: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> s
             "Train several seeds (`train.seeds`) to compare variants."
         )
     ties = tied_variants(table)
+    tested = int(table["p_vs_champion"].notna().sum())  # variants with too few replicates left have no test
     gain = 100 * (champion["ensemble_test_accuracy"] - champion["test_accuracy_mean"])
+    if ties:
+        verdict = f"On validation accuracy it cannot be told apart from {', '.join(ties)} "
+    elif tested == len(table) - 1:
+        verdict = "On validation accuracy it is significantly better than every other variant "
+    else:
+        verdict = f"On validation accuracy it is significantly better than every other variant that could be tested ({tested}) "
+    mcnemar_sentence = (
+        f"Exact McNemar test on the test set, champion's ensemble against the runner-up's "
+        f"({mcnemar['runner_up']}): {mcnemar['only_champion']} images only the champion gets right, "
+        f"{mcnemar['only_runner_up']} only the runner-up, p = {mcnemar['p_value']:.3g} (reported, never used to choose). "
+        if mcnemar["runner_up"] != champion["variant"]
+        else ""
+    )
     return text + (
         f"its mean test accuracy is {champion['test_accuracy_mean']:.4f}, 95% t-interval "
         f"[{champion['test_accuracy_ci_low']:.4f}, {champion['test_accuracy_ci_high']:.4f}]. "
-        + (
-            f"On validation accuracy it cannot be told apart from {', '.join(ties)} "
-            if ties
-            else "On validation accuracy it is significantly better than every other variant "
-        )
-        + f"(paired t-test by seed, Holm-corrected over {len(table) - 1} comparisons, {SIGNIFICANCE} level). "
+        + verdict
+        + f"(paired t-test by seed, Holm-corrected over {tested} comparisons, {SIGNIFICANCE} level). "
         f"Its seed ensemble reaches {champion['ensemble_test_accuracy']:.4f} test accuracy, {gain:+.2f} points over "
-        f"its mean replicate. Exact McNemar test on the test set, champion's ensemble against the runner-up's "
-        f"({mcnemar['runner_up']}): {mcnemar['only_champion']} images only the champion gets right, "
-        f"{mcnemar['only_runner_up']} only the runner-up, p = {mcnemar['p_value']:.3g} (reported, never used to choose). "
-        "Every seed shares one validation split (test_size 0.175, random_state 0): split variance is not covered."
+        f"its mean replicate. "
+        + mcnemar_sentence
+        + "Every seed shares one validation split (test_size 0.175, random_state 0): split variance is not covered."
     )
 
 
@@ -229,13 +281,14 @@ def version_description(row: pd.Series, seeds: list[int], champion: str) -> str:
     )
 
 
-def write_reports(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict, seeds: list[int]) -> dict:
-    """comparison.csv, .md, .png and metrics.json; the summary that metrics.json holds."""
+def write_reports(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict, seeds: list[int], failures: dict[str, dict[int, str]]) -> dict:
+    """comparison.csv, .md, .png and metrics.json; the summary that metrics.json holds (null, never
+    NaN, where a statistic cannot be had)."""
     champion = table.iloc[0]
     with atomic_write(REPORTS_DIR / "comparison.csv", "w") as f:
         table[COLUMNS].to_csv(f, index=False, float_format="%.6g")
     with atomic_write(REPORTS_DIR / "comparison.md", "w") as f:
-        f.write(summary_paragraph(table, mcnemar, seeds) + "\n\n")
+        f.write(summary_paragraph(table, mcnemar, seeds, failures) + "\n\n")
         shown = table[COLUMNS].astype(object).where(table[COLUMNS].notna(), None)  # empty cells, not nan
         f.write(shown.to_markdown(index=False, floatfmt=MARKDOWN_FORMATS, missingval="") + "\n")
     chart = plots.comparison_chart(table, replicates, champion["variant"], tied_variants(table))
@@ -245,8 +298,10 @@ def write_reports(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict, 
         "seeds": seeds,
         **{f"champion_{key}": finite(float(champion[key])) for key in CHAMPION_METRICS},
         "mcnemar_vs_runner_up": mcnemar,
-        "test_accuracy_mean": dict(zip(table["variant"], table["test_accuracy_mean"].astype(float))),
-        "ensemble_test_accuracy": dict(zip(table["variant"], table["ensemble_test_accuracy"].astype(float))),
+        "test_accuracy_mean": {v: finite(float(a)) for v, a in zip(table["variant"], table["test_accuracy_mean"])},
+        "ensemble_test_accuracy": {v: finite(float(a)) for v, a in zip(table["variant"], table["ensemble_test_accuracy"])},
+        "ensembles": {variant: sorted(map(int, replicates[replicates["variant"] == variant]["seed"])) for variant in table["variant"]},
+        "failed_replicates": {variant: [{"seed": seed, "reason": reason} for seed, reason in by_seed.items()] for variant, by_seed in failures.items() if by_seed},
     }
     with atomic_write(REPORTS_DIR / "metrics.json", "w") as f:
         json.dump(summary, f, indent=2, allow_nan=False)
@@ -254,29 +309,34 @@ def write_reports(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict, 
 
 
 def evaluate(params: Params) -> str:
+    tracking.check_store()
     seeds = params.train.seeds
     metrics = {variant: trained(variant, seeds) for variant in params.variants}  # every input checked first
     x_test, y_test = load_split(split_path("test", PROCESSED_DIR))
     scored = {variant: score_variant(variant, metrics[variant], x_test, y_test) for variant in params.variants}
-    replicates = pd.concat(scores for scores, _, _ in scored.values())
-    ensembles = {variant: accuracy for variant, (_, accuracy, _) in scored.items()}
-    table = comparison_table(params, metrics, replicates, ensembles)
-    name, runner_up = table["variant"][0], table["variant"][1] if len(table) > 1 else table["variant"][0]
+    replicates = pd.concat(scores for scores, _, _, _ in scored.values())
+    ensembles = {variant: accuracy for variant, (_, accuracy, _, _) in scored.items()}
+    failures = {variant: failed for variant, (_, _, _, failed) in scored.items()}
+    table = comparison_table(params, metrics, replicates, ensembles, failures)
+    compared = table[table["seeds"] > 0]["variant"].tolist()
+    name, runner_up = compared[0], compared[1] if len(compared) > 1 else compared[0]
     only_champion, only_runner_up, p_value = stats.mcnemar_exact(scored[name][2], scored[runner_up][2])
     mcnemar = {"runner_up": runner_up, "only_champion": only_champion, "only_runner_up": only_runner_up, "p_value": p_value}
-    summary = write_reports(table, replicates, mcnemar, seeds)
+    summary = write_reports(table, replicates, mcnemar, seeds, failures)
     with atomic_write(EPOCHS_CSV, "w") as f:
-        epoch_bands(list(params.variants), seeds).to_csv(f, index=False, float_format="%.6g")
+        epoch_bands(metrics).to_csv(f, index=False, float_format="%.6g")
 
-    versions = ensure_registered(params, raw_pixels(x_test[:1]))
+    # The ensemble of each variant's replicates that finished with finite test outputs.
+    files = {variant: {seed: replicate_model_path(variant, seed) for seed in scored[variant][0]["seed"]} for variant in params.variants}
+    versions, _ = tracking.ensure_registered(files, raw_pixels(x_test[:1]), "evaluate")
     with tracking.run("evaluate", {"dvc_stage": "evaluate", "champion": name}, experiment=tracking.EVALUATION_EXPERIMENT) as evaluation:
         reports = [REPORTS_DIR / f"comparison.{suffix}" for suffix in ("csv", "md", "png")]
         champion_metrics = {k: v for k, v in summary.items() if k.startswith("champion_") and v is not None}
         tracking.record_evaluation({**champion_metrics, "mcnemar_p_value": p_value}, table[COLUMNS], reports)
-    rows = table.set_index("variant", drop=False)
+    rows = table.set_index("variant", drop=False).loc[list(versions)]
     run_ids = tracking.record_comparison(
         {variant: {key: float(row[key]) for key in RUN_METRICS if pd.notna(row[key])} for variant, row in rows.iterrows()},
-        {variant: version_description(row, seeds, name) for variant, row in rows.iterrows()},
+        {variant: version_description(row, sorted(files[variant]), name) for variant, row in rows.iterrows()},
         versions,
         name,
         evaluation.info.run_id,
@@ -284,8 +344,10 @@ def evaluate(params: Params) -> str:
     tracking.set_champion(versions[name], name)
 
     print(table[COLUMNS].to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+    if any(failures.values()):
+        print(f"evaluate:{left_out(failures)}")
     print(f"evaluate: champion {name} (version {versions[name]}): models:/{tracking.REGISTERED_MODEL}@champion")
-    links = tracking.ui_links([run_ids[variant] for variant in table["variant"]])
+    links = tracking.ui_links([run_ids[variant] for variant in table["variant"] if variant in run_ids])
     print("evaluate: the comparison in the MLflow UI (`make ui` serves it here; docs/mlflow.md):")
     for what, link in links.items():
         print(f"  {what}: {link}")

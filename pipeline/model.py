@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipeline.config import VariantSpec
 from pipeline.data import IMAGE_PIXELS, NUM_CLASSES
+from pipeline.errors import DataError
 
 INITIALIZERS = {
     "glorot_uniform": keras.initializers.GlorotUniform,
@@ -140,3 +144,19 @@ def dense_kernels(model: keras.Model) -> dict[str, "keras.Variable"]:
     models interleaves gamma, beta and the moving statistics with the kernels.
     """
     return {layer.name: layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)}
+
+
+def has_finite_weights(model: keras.Model) -> bool:
+    """No NaN or infinity in any weight: a model that diverged has them."""
+    return all(np.isfinite(weights).all() for weights in model.get_weights())
+
+
+def load_replicate(path: Path, variant: str) -> keras.Model:
+    """A replicate's saved model, or a DataError that names the file and how to get it back."""
+    remedy = f"restore it with `dvc checkout models/{variant}` or retrain with `dvc repro -f -s train@{variant}`"
+    if not Path(path).is_file():
+        raise DataError(f"{path} is missing: {remedy}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras says "File not found" of a truncated zip, or a parse error
+        raise DataError(f"{path} is not a readable Keras model ({type(error).__name__}): {remedy}") from None

@@ -86,7 +86,12 @@ def fit(
     training = distributed(train_data, batch_size, shuffle=True)
     validation = distributed(validation_data, validation_batch_size, shuffle=False)
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    model.stop_training = False
+    for callback in callbacks:
+        callback.set_model(model)
     for epoch in range(epochs):
+        for callback in callbacks:
+            callback.on_epoch_begin(epoch)
         loss, correct, images = sum(train_step(batch) for batch in training).numpy()
         val_loss, val_correct, val_images = sum(validation_step(batch) for batch in validation).numpy()
         logs = {
@@ -100,4 +105,6 @@ def fit(
         print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()))
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
+        if model.stop_training:  # every replicate diverged (training.StopOnDivergence)
+            break
     return history

@@ -30,6 +30,11 @@ def weight_violins(kernels: dict[int, dict[str, np.ndarray]], title: str) -> plt
     A large kernel is thinned to an evenly strided sample: the density looks the same and the
     plot takes a fraction of the time; its extremes are drawn exactly.
     """
+    if not kernels:  # every replicate diverged: no weights worth drawing
+        figure, axis = plt.subplots(figsize=(6, 2))
+        axis.text(0.5, 0.5, f"{title}: no finished replicate (every one diverged)", ha="center", va="center")
+        axis.set_axis_off()
+        return figure
     per_replicate = max(1, VIOLIN_SAMPLE // len(kernels))
 
     def sample(kernel) -> np.ndarray:

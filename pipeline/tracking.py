@@ -11,7 +11,9 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -24,13 +26,15 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
 
 from pipeline.data import IMAGE_PIXELS
-from pipeline.errors import SetupError
+from pipeline.errors import DataError, SetupError, without_credentials
 from pipeline.files import file_digest
+from pipeline.model import has_finite_weights, load_replicate
 
 # Stage output goes to DVC's log, not a terminal: no artifact progress bars in it, and not
 # MLflow's "View run at" links, which repeat the tracking URI, credentials included.
@@ -43,6 +47,10 @@ REGISTERED_MODEL = "mnist-mlp"
 CHAMPION_ALIAS = "champion"
 CHAMPION_TAG = "champion"
 COMPARISON_TAG = "comparison"  # on a variant's run: the evaluate run that compared it last
+FAILURE_TAG = "failure"  # on a FAILED replicate's run: why (a diverged loss, and the epoch)
+# Where a run's process runs: the next run of its stage on this host ends it KILLED if that process is gone.
+HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "host", "pid", "process_started"
+STORE_CHECK_SECONDS = 10
 # The columns of the experiment's comparison view (the runs table shows each metric's last value).
 VIEW_PARAMS = ["hidden_layers"]
 VIEW_METRICS = ["val_accuracy", "test_accuracy_mean", "test_accuracy_ci_low", "test_accuracy_ci_high", "ensemble_test_accuracy"]
@@ -121,6 +129,83 @@ def check_store_fits_workspace() -> None:
         )
 
 
+def check_store() -> None:
+    """Before any work: the store fits this workspace, and a tracking server answers within
+    STORE_CHECK_SECONDS, once, not after MLflow's minutes of retries. Its failure names the
+    server's host and port, never its credentials."""
+    check_store_fits_workspace()
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    server = urllib.parse.urlsplit(uri)
+    where = f"{server.hostname}:{server.port or (443 if server.scheme == 'https' else 80)}"
+    # MLflow reads both at each request: one try, a short wait, for this request only.
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(STORE_CHECK_SECONDS)}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except Exception as error:
+        raise SetupError(f"MLFLOW_TRACKING_URI: cannot use the MLflow tracking server at {where}: {store_failure(error)}") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def store_failure(error: Exception) -> str:
+    """What went wrong reaching a tracking server, said without its URL (which may hold credentials)."""
+    text = str(error)
+    if "Connection refused" in text:
+        return "nothing listens there (connection refused); start the server or fix the address"
+    if "timed out" in text.lower() or "Timeout" in type(error).__name__:
+        return f"no answer within {STORE_CHECK_SECONDS} s; check that the server is up and reachable from here"
+    if isinstance(error, mlflow.exceptions.MlflowException) and (match := re.search(r"error code (\d+)", text)):
+        code = int(match.group(1))
+        if code in (401, 403):
+            return f"it refused the credentials (HTTP {code}); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        return f"it answered HTTP {code} to MLflow's API; is this an MLflow tracking server?"
+    return f"{type(error).__name__}; check the address and that the server is up"
+
+
+def process_tags() -> dict[str, str]:
+    """Where this process runs: host, pid, and its start time (a reused pid has another)."""
+    process = psutil.Process()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(process.pid), PROCESS_STARTED_TAG: f"{process.create_time():.2f}"}
+
+
+def process_is_gone(tags: dict[str, str]) -> bool:
+    """Whether the process a run's tags name is no longer running on this host."""
+    try:
+        return f"{psutil.Process(int(tags[PID_TAG])).create_time():.2f}" != tags[PROCESS_STARTED_TAG]
+    except psutil.NoSuchProcess:
+        return True
+
+
+def end_abandoned_runs(dvc_stage: str) -> list[str]:
+    """End as KILLED, with a note, every run of `dvc_stage` left RUNNING on this host by a process
+    that is gone (SIGKILL, out of memory, a power cut: nothing could end them). Runs of a live
+    process, and of other hosts, are left alone. Their names."""
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for name in EXPERIMENT_DESCRIPTIONS if (e := client.get_experiment_by_name(name))]
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.dvc_stage = '{dvc_stage}' and tags.{HOST_TAG} = '{host}'"
+    ended = []
+    for run in client.search_runs(experiments, query) if experiments else []:
+        if PID_TAG not in run.data.tags or not process_is_gone(run.data.tags):
+            continue
+        note = (
+            f"Ended as KILLED by the next run of `{dvc_stage}` on {host} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: "
+            f"its process {run.data.tags[PID_TAG]} was gone without ending it (killed, out of memory, or the machine stopped)."
+        )
+        client.set_tag(run.info.run_id, "mlflow.note.content", note)
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_name)
+    return ended
+
+
 def use_experiment(name: str) -> None:
     """Make `name` the active experiment, described, and shown in the UI's Model-training mode."""
     experiment = mlflow.set_experiment(name)
@@ -137,9 +222,13 @@ def run(name: str, tags: dict[str, str], params: dict | None = None, experiment:
     Inside another run of this stage (a variant's run), it is that run's child.
     """
     nested = mlflow.active_run() is not None
+    tags = {**tags, **process_tags()}
     if not nested:
         check_store_fits_workspace()
         use_experiment(experiment)
+        stage = tags.get("dvc_stage")
+        for abandoned in end_abandoned_runs(stage) if stage else []:
+            print(f"{stage}: run '{abandoned}' was left RUNNING by a process that is gone: ended it as KILLED")
         # `mlflow run` hands its run to us through MLFLOW_RUN_ID; logging into it directly would
         # pile every stage into one run, so each stage becomes its child instead.
         parent = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -179,14 +268,14 @@ def run_per_seed(variant: str, seeds: list[int], tags: dict[str, str], params: d
     """Child runs of the active (variant) run, one per seed, open together while their copies train:
     their run ids by seed. Finished together, or marked KILLED / FAILED together."""
     client, parent = mlflow.MlflowClient(), mlflow.active_run().info
-    commit = git_commit()
+    commit, where = git_commit(), process_tags()
     run_ids: dict[int, str] = {}
     try:
         for seed in seeds:
             child = client.create_run(
                 parent.experiment_id,
                 run_name=f"{variant} seed {seed}",
-                tags={"mlflow.parentRunId": parent.run_id, "git_commit": commit, **tags},
+                tags={"mlflow.parentRunId": parent.run_id, "git_commit": commit, **where, **tags},
             )
             run_ids[seed] = child.info.run_id
             logged = _logged_params({**params, "seed": seed})
@@ -198,7 +287,16 @@ def run_per_seed(variant: str, seeds: list[int], tags: dict[str, str], params: d
             client.set_terminated(run_id, status)
         raise
     for run_id in run_ids.values():
-        client.set_terminated(run_id, "FINISHED")
+        if client.get_run(run_id).info.status == "RUNNING":  # not a replicate that failed (fail_run)
+            client.set_terminated(run_id, "FINISHED")
+
+
+def fail_run(run_id: str, reason: str) -> None:
+    """End a replicate's (or a variant's) run as FAILED at once, saying why (`loss became nan at epoch 3`)."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, FAILURE_TAG, reason)
+    client.set_tag(run_id, "mlflow.note.content", f"Failed: {reason}. Left out of the ensemble and the comparison's statistics.")
+    client.set_terminated(run_id, "FAILED")
 
 
 class EpochMetrics(keras.callbacks.Callback):
@@ -217,7 +315,8 @@ class EpochMetrics(keras.callbacks.Callback):
         # Synchronous: MLflow's asynchronous logging costs more when the run ends than it saves here.
         timestamp, client = int(time.time() * 1000), mlflow.MlflowClient()
         for seed, metrics in self.split_logs(logs or {}).items():
-            batch = [Metric(name, float(value), timestamp, epoch + 1) for name, value in metrics.items()]
+            # A diverged replicate's NaN is said by its run's failure, not charted.
+            batch = [Metric(name, float(value), timestamp, epoch + 1) for name, value in metrics.items() if np.isfinite(value)]
             client.log_batch(self.run_ids[seed], metrics=batch)
 
 
@@ -232,21 +331,22 @@ def record_replicate(run_id: str, metrics: dict[str, float], model_file: Path) -
 def record_variant(
     variant: str,
     param_count: int,
-    epoch_stats: pd.DataFrame,
+    epoch_stats: pd.DataFrame | None,
     train_seconds: float,
     figures: list[Path],
     summary: str,
     model_files: dict[int, Path],
     example: np.ndarray,
-) -> int:
+) -> int | None:
     """What a variant's run holds once its replicates are trained: the per-epoch mean and standard
     deviation of every metric (step = epoch; `val_accuracy`, `val_accuracy_std`, ...), the seeds'
-    total training time, figures, summary, and the registered seed ensemble."""
+    total training time, figures, summary, and the registered seed ensemble of its finished
+    replicates (`model_files`): its version, or None when every replicate diverged."""
     run_id = mlflow.active_run().info.run_id
     timestamp = int(time.time() * 1000)
     per_epoch = [
         Metric(name, float(value), timestamp, int(epoch))
-        for epoch, row in epoch_stats.iterrows()
+        for epoch, row in (epoch_stats if epoch_stats is not None else pd.DataFrame()).iterrows()
         for name, value in row.items()
         if np.isfinite(value)  # one replicate: no standard deviation
     ]
@@ -256,6 +356,8 @@ def record_variant(
     for figure in figures:
         mlflow.log_artifact(str(figure))
     mlflow.log_text(summary, "model_summary.txt")
+    if not model_files:
+        return None
     return log_and_register_model(model_files, variant, example)
 
 
@@ -315,10 +417,7 @@ def ui_links(run_ids: list[str]) -> dict[str, str]:
     compare view of `run_ids`, the registered model. For `mlflow ui` on its default address,
     or the tracking server's own (never its credentials)."""
     uri = mlflow.get_tracking_uri()
-    base = "http://127.0.0.1:5000"
-    if uri.startswith(("http://", "https://")):
-        parts = urllib.parse.urlsplit(uri)
-        base = urllib.parse.urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path.rstrip("/"), "", ""))
+    base = without_credentials(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     experiment_id = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id
     compare = urllib.parse.urlencode({"runs": json.dumps(run_ids, separators=(",", ":")), "experiments": json.dumps([experiment_id])})
     return {
@@ -341,8 +440,12 @@ def serving_requirements() -> list[str]:
 
 def log_and_register_model(model_files: dict[int, Path], variant: str, example: np.ndarray) -> int:
     """Log the variant's seed ensemble (one member per seed) into the active run as the served
-    model, register it, point the variant's alias at it."""
+    model, register it, point the variant's alias at it. A member that is not a readable Keras
+    model of finite weights is refused: nothing unservable is registered."""
     seeds = sorted(model_files)
+    for seed in seeds:
+        if not has_finite_weights(load_replicate(model_files[seed], variant)):
+            raise DataError(f"{model_files[seed]} holds non-finite weights: it is not registered")
     with tempfile.TemporaryDirectory(prefix="served-code-") as staging:
         # The model's code/ directory: the package files serving imports, and only those.
         package = Path(staging) / PACKAGE_DIR.name
@@ -381,6 +484,45 @@ def find_registered_versions(model_files: dict[str, dict[int, Path]]) -> dict[st
         variant: by_content.get((variant, models_md5([files[seed] for seed in sorted(files)]), code))
         for variant, files in model_files.items()
     }
+
+
+def ensure_registered(model_files: dict[str, dict[int, Path]], example: np.ndarray, stage: str) -> tuple[dict[str, int], list[str]]:
+    """Each variant's registered seed ensemble of exactly `model_files` (its finished replicates),
+    its alias pointed there; what the store lacks (lost, replaced, or new serving code) is logged
+    again from DVC's files, in a run of its own. A variant without files loses its alias. The
+    versions, and the variants registered again."""
+    versions = find_registered_versions({variant: files for variant, files in model_files.items() if files})
+    again = []
+    for variant, files in model_files.items():
+        if not files:  # every replicate failed: nothing to serve under its name
+            drop_alias(variant)
+        elif versions[variant] is not None:
+            point_alias(variant, versions[variant])
+        else:
+            print(f"{stage}: {variant} is not in the MLflow registry with these models and serving code; registering it from models/{variant}/")
+            with run(variant, {"dvc_stage": f"train@{variant}", "registered_by": stage}):
+                versions[variant] = log_and_register_model(files, variant, example)
+            again.append(variant)
+    return versions, again
+
+
+def describe_registered_again(variant: str, version: int) -> None:
+    """A version registered again after the store lost it: where its comparison is, until evaluate reruns."""
+    mlflow.MlflowClient().update_model_version(
+        REGISTERED_MODEL,
+        str(version),
+        description=(
+            f"{variant}: the seed ensemble of its replicates, registered again from DVC's files (models/{variant}/) "
+            "after the tracking store lost it. Its comparison is in reports/comparison.md; `dvc repro -f evaluate` "
+            "records it here again."
+        ),
+    )
+
+
+def drop_alias(alias: str) -> None:
+    """Remove `alias` from the registered model, if it is there."""
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        mlflow.MlflowClient().delete_registered_model_alias(REGISTERED_MODEL, alias)
 
 
 def point_alias(alias: str, version: int) -> None:

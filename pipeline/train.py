@@ -17,7 +17,7 @@ from pipeline import plots, stage, tracking, training
 from pipeline.config import Params, load_params
 from pipeline.data import load_split, raw_pixels
 from pipeline.files import atomic_path, atomic_write
-from pipeline.model import dense_kernels
+from pipeline.model import dense_kernels, has_finite_weights
 from pipeline.paths import (
     PROCESSED_DIR,
     replicate_history_path,
@@ -66,21 +66,24 @@ def replicate_metrics(curves: pd.DataFrame, train_seconds: float) -> dict:
     }
 
 
-def variant_metrics(replicates: dict[int, dict], epochs: int, param_count: int) -> dict:
-    """The variant's metrics.json: mean and standard deviation over replicates, then each replicate.
+def variant_metrics(seeds: list[int], replicates: dict[int, dict], diverged: dict[int, dict], epochs: int, param_count: int) -> dict:
+    """The variant's metrics.json: mean and standard deviation over its finished replicates, then
+    each of them, then the diverged ones (seed, epoch, reason), which no statistic includes.
 
-    One replicate has no standard deviation: null, never a bare NaN.
+    Never a bare NaN: no replicate, or one, has no standard deviation (null).
     """
-    table = pd.DataFrame.from_dict(replicates, orient="index")[training.METRICS]
+    table = pd.DataFrame([metrics for metrics in replicates.values()], columns=training.METRICS)
+    mean = {name: float(table[name].mean()) if len(table) else None for name in training.METRICS}
     spread = {f"{name}_std": float(table[name].std()) if len(table) > 1 else None for name in training.METRICS}
     return {
-        "seeds": list(replicates),
+        "seeds": seeds,
         "epochs": epochs,
         "params": param_count,
-        **{name: float(table[name].mean()) for name in training.METRICS},
+        **mean,
         **spread,
-        "train_seconds": round(sum(r["train_seconds"] for r in replicates.values()), 2),
+        "train_seconds": round(sum(r["train_seconds"] for r in [*replicates.values(), *diverged.values()]), 2),
         "replicates": [{"seed": seed, **metrics} for seed, metrics in replicates.items()],
+        "diverged": [{"seed": seed, "epoch": failure["epoch"], "reason": failure["reason"]} for seed, failure in diverged.items()],
     }
 
 
@@ -91,24 +94,40 @@ def model_summary(model: keras.Model) -> str:
     return "\n".join(lines)
 
 
-def write_replicate(variant: str, seed: int, model: keras.Model, curves: pd.DataFrame) -> None:
-    with atomic_path(replicate_model_path(variant, seed)) as path:
-        model.save(path)
+def write_replicate(variant: str, seed: int, model: keras.Model | None, curves: pd.DataFrame) -> None:
+    """Its history, and its model unless it diverged (then no model file, not even an old one)."""
+    if model is None:
+        replicate_model_path(variant, seed).parent.mkdir(parents=True, exist_ok=True)  # DVC's output, if empty
+        replicate_model_path(variant, seed).unlink(missing_ok=True)
+    else:
+        with atomic_path(replicate_model_path(variant, seed)) as path:
+            model.save(path)
     with atomic_write(replicate_history_path(variant, seed), "w") as f:
-        curves.to_csv(f, index=False)
+        curves.to_csv(f, index=False)  # a diverged epoch's NaN is an empty cell
 
 
 def write_variant(variant: str, models: dict[int, keras.Model], histories: dict[int, pd.DataFrame], metrics: dict) -> None:
     out = train_reports_dir(variant)
     with atomic_write(out / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(metrics, f, indent=2, allow_nan=False)
     kernels = {seed: dense_kernels(model) for seed, model in models.items()}
     plots.save_png(plots.weight_violins(kernels, variant), out / "weights.png")
     plots.save_png(plots.training_curves(histories, variant), out / "curves.png")
 
 
+def divergence(guard: training.StopOnDivergence, seed: int, model: keras.Model, epochs: int) -> dict | None:
+    """How a replicate diverged (epoch, reason), or None if it finished with finite weights."""
+    if seed in guard.diverged:
+        epoch, reason = guard.diverged[seed]
+        return {"epoch": epoch, "reason": reason}
+    if not has_finite_weights(model):
+        return {"epoch": epochs, "reason": f"weights became non-finite by epoch {epochs}"}
+    return None
+
+
 def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
     strategy = training.distribution_strategy(params.train.strategy)  # first: it must precede any TF op
+    tracking.check_store()  # a store that cannot take the results fails now, not after training
     train_split = load_split(split_path("train", processed_dir))
     validation_split = load_split(split_path("validation", processed_dir))
     seeds, epochs = params.train.seeds, params.epochs(variant)
@@ -123,8 +142,8 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
 
     used = used_params(params, variant)
     stage_tag = {"dvc_stage": f"train@{variant}"}
-    models, histories, replicates = {}, {}, {}
-    with tracking.run(variant, {**stage_tag, "params_hash": tracking.params_hash(used)}, params=used):
+    models, histories, replicates, diverged = {}, {}, {}, {}
+    with tracking.run(variant, {**stage_tag, "params_hash": tracking.params_hash(used)}, params=used) as variant_run:
         tracking.log_datasets(
             {
                 "training": (*train_split, split_path("train", processed_dir)),
@@ -135,10 +154,20 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
             with tracking.run_per_seed(variant, group, stage_tag, used) as run_ids:
                 started = time.perf_counter()
                 epoch_metrics = tracking.EpochMetrics(run_ids, lambda logs, group=group: training.split_logs(logs, group))
-                trained = training.train_group(params, variant, group, strategy, train_split, validation_split, [epoch_metrics])
+                # A replicate whose loss turns NaN or infinite ends FAILED there and then.
+                guard = training.StopOnDivergence(group, lambda seed, epoch, reason: tracking.fail_run(run_ids[seed], reason))
+                trained = training.train_group(params, variant, group, strategy, train_split, validation_split, [epoch_metrics, guard])
                 seconds = (time.perf_counter() - started) / len(group)  # the group's time, shared equally
                 for seed, (model, history) in trained.items():
                     curves = history_frame(history)
+                    failure = divergence(guard, seed, model, len(curves))
+                    if failure:
+                        if seed not in guard.diverged:
+                            tracking.fail_run(run_ids[seed], failure["reason"])
+                        diverged[seed] = {**failure, "train_seconds": round(seconds, 2)}
+                        write_replicate(variant, seed, None, curves[curves["epoch"] <= failure["epoch"]])
+                        print(f"train@{variant}: seed {seed} diverged ({failure['reason']}): left out of the ensemble and the comparison")
+                        continue
                     replicates[seed] = replicate_metrics(curves, seconds)
                     write_replicate(variant, seed, model, curves)
                     summary = {name: replicates[seed][name] for name in ("best_val_accuracy", "best_epoch", "train_seconds")}
@@ -146,22 +175,30 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
                     models[seed], histories[seed] = model, curves.assign(seed=seed)
                     print(f"train@{variant}: seed {seed} val_accuracy {replicates[seed]['val_accuracy']:.4f}")
 
-        metrics = variant_metrics(replicates, epochs, model.count_params())
-        write_variant(variant, models, histories, metrics)
+        param_count = model.count_params()
+        metrics = variant_metrics(seeds, replicates, diverged, epochs, param_count)
+        shown = histories or {seed: pd.read_csv(replicate_history_path(variant, seed)).assign(seed=seed) for seed in diverged}
+        write_variant(variant, models, shown, metrics)
         version = tracking.record_variant(
             variant,
-            model.count_params(),
-            epoch_statistics(histories),
+            param_count,
+            epoch_statistics(histories) if histories else None,
             metrics["train_seconds"],
             [train_reports_dir(variant) / name for name in FIGURES],
             model_summary(model),
-            {seed: replicate_model_path(variant, seed) for seed in seeds},
+            {seed: replicate_model_path(variant, seed) for seed in replicates},
             raw_pixels(validation_split[0][:1]),
         )
+    if not replicates:
+        tracking.fail_run(variant_run.info.run_id, f"every replicate diverged (seeds {', '.join(map(str, seeds))})")
+        tracking.drop_alias(variant)  # an older version must not be served under its name
+        print(f"train@{variant}: every replicate diverged: nothing registered; evaluate lists the variant without statistics")
+        return metrics
     spread = f" ± {metrics['val_accuracy_std']:.4f}" if metrics["val_accuracy_std"] is not None else ""
+    left_out = f", {len(diverged)} diverged and left out" if diverged else ""
     print(
         f"train@{variant}: {metrics['params']:,} parameters, mean val_accuracy {metrics['val_accuracy']:.4f}{spread} "
-        f"over {len(seeds)} seeds; registered version {version}"
+        f"over {len(replicates)} seeds{left_out}; registered version {version}"
     )
     return metrics
 

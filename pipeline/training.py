@@ -106,13 +106,50 @@ def split_logs(logs: dict, seeds: list[int]) -> dict[int, dict[str, float]]:
     """
     if len(seeds) == 1:
         return {seeds[0]: {name: logs[name] for name in METRICS}}
-    return {
-        seed: {
-            name: logs[f"val_{replicate_key(seed)}_{name[4:]}" if name.startswith("val_") else f"{replicate_key(seed)}_{name}"]
-            for name in METRICS
-        }
-        for seed in seeds
-    }
+    return {seed: {name: logs[replicate_log_key(name, seed)] for name in METRICS} for seed in seeds}
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Watches each replicate's training loss (every steps_per_execution steps) and validation loss
+    (every epoch): the first time one is NaN or infinite, that replicate has diverged. It is
+    reported at once (`on_diverged(seed, epoch, reason)`) and kept in `diverged`; once every
+    replicate of the group has, training stops. Replicates of a together model do not share a
+    gradient, so the others train on unharmed (tests/test_together.py)."""
+
+    def __init__(self, seeds: list[int], on_diverged=lambda seed, epoch, reason: None):
+        super().__init__()
+        self.seeds, self.on_diverged = seeds, on_diverged
+        self.diverged: dict[int, tuple[int, str]] = {}  # seed -> (epoch, reason)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs or {}, ["loss"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs or {}, ["loss", "val_loss"])
+
+    def _check(self, logs: dict, names: list[str]) -> None:
+        for seed in self.seeds:
+            if seed in self.diverged:
+                continue
+            for name in names:
+                key = name if len(self.seeds) == 1 else replicate_log_key(name, seed)
+                if key in logs and not np.isfinite(float(logs[key])):
+                    value = "NaN" if np.isnan(float(logs[key])) else "infinite"
+                    reason = f"{'validation loss' if name == 'val_loss' else 'loss'} became {value} at epoch {self.epoch}"
+                    self.diverged[seed] = (self.epoch, reason)
+                    self.on_diverged(seed, self.epoch, reason)
+                    break
+        if len(self.diverged) == len(self.seeds):
+            self.model.stop_training = True
+
+
+def replicate_log_key(name: str, seed: int) -> str:
+    """Keras' name for a together model's metric of one copy: `seed_3_loss`, `val_seed_3_loss`."""
+    return f"val_{replicate_key(seed)}_{name[4:]}" if name.startswith("val_") else f"{replicate_key(seed)}_{name}"
 
 
 def train_group(
@@ -141,7 +178,8 @@ def train_group(
         callbacks=list(callbacks),
         verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
     ).history
-    per_epoch = [split_logs({name: values[epoch] for name, values in history.items()}, seeds) for epoch in range(epochs)]
+    trained_epochs = len(history["loss"])  # fewer than epochs if every replicate diverged (StopOnDivergence)
+    per_epoch = [split_logs({name: values[epoch] for name, values in history.items()}, seeds) for epoch in range(trained_epochs)]
     return {
         seed: (
             export_replicate(replicates, spec, seed),

@@ -1,13 +1,17 @@
 """Mistakes and accidents: bad params via DVC, interrupted downloads and training, secrets."""
 
 import http.server
+import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -15,7 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.download import describe, without_credentials
+from pipeline.download import describe
+from pipeline.errors import without_credentials
+
+from tests.servers import free_port, scoring_server, tracking_server
 
 from conftest import REPO_ROOT, copy_of_repository, dvc, run_in, user_env
 
@@ -144,13 +151,21 @@ def test_interrupted_training_is_killed_cleanly_and_the_next_repro_completes(tmp
     repro = subprocess.Popen(["dvc", "repro", f"train@{variant}"], cwd=repo, env=user_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed_id = wait_for_epochs(repo, f"{variant} seed 0", 3)
+    killed = client.get_run(killed_id)
+    assert killed.data.tags["pid"] != str(os.getpid()) and killed.data.tags["host"]  # where it runs
     os.killpg(repro.pid, signal.SIGKILL)
     repro.wait()
-    assert client.get_run(killed_id).info.status == "RUNNING"  # as MLflow left it; see README
+    assert client.get_run(killed_id).info.status == "RUNNING"  # as the killed process left it
 
-    # ... and still the next `dvc repro` completes, evaluate included.
+    # ... and still the next `dvc repro` completes, evaluate included, and ends what was left RUNNING.
     output = dvc("repro", cwd=repo)
     assert f"Running stage 'train@{variant}'" in output and "Running stage 'evaluate'" in output
+    assert f"run '{variant} seed 0' was left RUNNING by a process that is gone: ended it as KILLED" in output
+    for run_id in (killed_id, killed.data.tags["mlflow.parentRunId"]):
+        ended = client.get_run(run_id)
+        assert ended.info.status == "KILLED"
+        assert f"its process {killed.data.tags['pid']} was gone" in ended.data.tags["mlflow.note.content"]
+    assert not client.search_runs([killed.info.experiment_id], "attributes.status = 'RUNNING'")
     table = pd.read_csv(repo / "reports/comparison.csv")
     assert sorted(table["variant"]) == ["mlp-256-256-he-dropout", "mlp-256-64"]
     champion = client.get_model_version_by_alias("mnist-mlp", "champion")
@@ -183,3 +198,138 @@ def test_no_credentials_are_committed():
         text = path.read_text(errors="ignore")
         offenders += [f"{name}: {p}" for p in SECRET_PATTERNS if re.search(p, text)]
     assert offenders == []
+
+
+def small_repo(tmp_path: Path, canonical_npz: Path) -> Path:
+    """A copy with two one-epoch variants on 2,000 images and two seeds, preprocessed from a local file."""
+    repo = copy_of_repository(tmp_path)
+
+    def shrink(params):
+        params["download"].update(sources=["file"], file=str(canonical_npz))
+        params["data"]["subset"], params["train"]["seeds"] = 2000, [0, 1]
+        params["variants"] = {name: {**params["variants"][name], "epochs": 1} for name in ("mlp-256-64", "mlp-256-64-bn")}
+
+    edit_params(repo, shrink)
+    dvc("repro", "preprocess", cwd=repo)
+    return repo
+
+
+def stage_lines(stderr: str) -> list[str]:
+    """What a stage itself printed to stderr: TensorFlow's start-up notices aside."""
+    return [line for line in stderr.splitlines() if line and not re.match(r"(WARNING: All log messages|I0000 |W0000 )", line)]
+
+
+class SilentServer:
+    """A port that accepts connections and never answers: a tracking server hung or firewalled."""
+
+    def __enter__(self):
+        import socket
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(16)
+        return self.socket.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.socket.close()
+
+
+def test_an_unreachable_tracking_server_stops_the_stage_at_once_naming_it_never_its_password(tmp_path, canonical_npz):
+    repo = small_repo(tmp_path, canonical_npz)
+    closed_port = free_port()  # nothing listens there
+    with SilentServer() as silent_port:
+        for port, says in [(closed_port, "nothing listens there (connection refused)"), (silent_port, "no answer within 10 s")]:
+            env = user_env(MLFLOW_TRACKING_URI=f"http://reader:PASSWORD@127.0.0.1:{port}")
+            for command in (["pipeline.train", "mlp-256-64"], ["pipeline.evaluate"]):
+                # The issue's measure: 255 s of MLflow's retries before; within 30 s now, or this times out.
+                result = subprocess.run([sys.executable, "-m", *command], cwd=repo, env=env, capture_output=True, text=True, timeout=30)
+                stage = command[0].split(".")[1]
+                assert result.returncode == 1
+                assert stage_lines(result.stderr) == [
+                    f"{stage}: MLFLOW_TRACKING_URI: cannot use the MLflow tracking server at 127.0.0.1:{port}: {says}; "
+                    + ("start the server or fix the address" if port == closed_port else "check that the server is up and reachable from here")
+                ]
+                assert "PASSWORD" not in result.stdout + result.stderr and "reader" not in result.stderr
+    assert outputs_in(repo / "models") == [] and not (repo / "mlflow.db").exists(), "nothing trained, nothing written"
+
+
+def test_a_failure_inside_mlflow_against_a_server_with_credentials_never_prints_them(tmp_path, canonical_npz):
+    """A real tracking server whose artifact store cannot take files: MLflow's own exception names the
+    request's URL, and the stage's output must still not show the password."""
+    repo = small_repo(tmp_path, canonical_npz)
+    (tmp_path / "not-a-directory").write_text("")
+    with tracking_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "not-a-directory" / "artifacts") as url:
+        port = url.rsplit(":", 1)[1]
+        # One retry, not MLflow's seven with back-off (minutes): the failure, not its patience, is tested.
+        env = user_env(MLFLOW_TRACKING_URI=url.replace("http://", "http://reader:PASSWORD@"), MLFLOW_HTTP_REQUEST_MAX_RETRIES="1")
+        result = subprocess.run([sys.executable, "-m", "pipeline.train", "mlp-256-64"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        client = mlflow.MlflowClient(tracking_uri=url)
+        runs = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port}/api/2.0/mlflow-artifacts/artifacts/" in result.stderr  # MLflow's message, URL and all
+    assert "PASSWORD" not in result.stdout + result.stderr and "reader:" not in result.stdout + result.stderr
+    assert {run.info.status for run in runs} == {"FAILED"}, "no run left RUNNING"
+
+
+def test_a_lost_store_heals_on_the_next_plain_repro_without_retraining_and_serves_the_champion(tmp_path, canonical_npz, canonical_arrays):
+    repo = small_repo(tmp_path, canonical_npz)
+    first = dvc("repro", cwd=repo)
+    assert "Running stage 'register'" in first and "register: 2 variants in the registry" in first
+    champion = json.loads((repo / "reports/metrics.json").read_text())["champion"]
+
+    (repo / "mlflow.db").unlink()
+    shutil.rmtree(repo / "mlruns")
+    healed = dvc("repro", cwd=repo)
+    assert re.findall(r"Running stage '([^']+)'", healed) == ["register"], "nothing retrained, nothing re-evaluated"
+    assert "registered again from models/: mlp-256-64, mlp-256-64-bn" in healed
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
+    with scoring_server("models:/mnist-mlp@champion", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}) as url:
+        request = urllib.request.Request(f"{url}/invocations", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"inputs": canonical_arrays["x_test"][:20].reshape(20, 784).tolist()}).encode())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200 and len(json.loads(response.read())["predictions"]) == 20
+
+    # Nothing lost: the next repro only checks.
+    again = dvc("repro", cwd=repo)
+    assert re.findall(r"Running stage '([^']+)'", again) == ["register"] and "nothing was missing" in again
+    assert len(client.search_model_versions("name = 'mnist-mlp'")) == 2
+
+    # A model file truncated, then one missing: one line naming the file and the way back.
+    model = repo / "models/mlp-256-64/seed-1.keras"
+    intact = model.read_bytes()
+    for damage, says in [(lambda: model.write_bytes(intact[: len(intact) // 2]), "is not a readable Keras model"),
+                         (model.unlink, "missing")]:
+        damage()
+        result = subprocess.run([sys.executable, "-m", "pipeline.evaluate"], cwd=repo, env=user_env(), capture_output=True, text=True)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        (line,) = stage_lines(result.stderr)
+        assert line.startswith("evaluate: ") and "models/mlp-256-64/seed-1.keras" in line and says in line
+        assert "`dvc checkout " in line and "`dvc repro -f -s train@mlp-256-64`" in line
+    dvc("checkout", "models/mlp-256-64", cwd=repo)
+    assert model.read_bytes() == intact
+
+
+@pytest.mark.parametrize(
+    "mount, says",
+    [
+        ("mount -t tmpfs -o size=64k tmpfs models", "the disk is full"),
+        ("mount --bind models models && mount -o remount,bind,ro models", "the file system is read-only"),
+    ],
+    ids=["full disk", "read-only"],
+)
+def test_a_full_disk_or_a_read_only_output_is_one_line_and_nothing_is_half_written(tmp_path, canonical_npz, mount, says):
+    """Real file systems in a private mount namespace (unshare): a 64 kB tmpfs, a read-only bind mount."""
+    repo = small_repo(tmp_path, canonical_npz)
+    (repo / "models").mkdir(exist_ok=True)
+    script = f"{mount} && {shlex.quote(sys.executable)} -m pipeline.train mlp-256-64; echo exit=$?; find models -type f ! -name .gitignore"
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            cwd=repo, env=user_env(), capture_output=True, text=True, timeout=300)
+    assert "exit=1\n" in result.stdout and result.stdout.endswith("exit=1\n"), "the stage failed, and left no file, whole or partial"
+    assert "Traceback" not in result.stderr
+    assert stage_lines(result.stderr)[-1] == (
+        f"train: cannot write models/mlp-256-64/seed-0.keras: {says}. Nothing was half-written (outputs are replaced "
+        "whole or not at all); make room or fix the permissions, then rerun `dvc repro`."
+    )
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
+    assert runs and {run.info.status for run in runs} == {"FAILED"}

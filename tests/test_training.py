@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,7 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
 
     table = pd.read_csv(tmp_path / "reports/comparison.csv")
     assert list(table.columns) == [
-        "variant", "hidden_layers", "batch_norm", "dropout", "params", "epochs", "seeds",
+        "variant", "hidden_layers", "batch_norm", "dropout", "params", "epochs", "seeds", "failed_seeds",
         "val_accuracy_mean", "val_accuracy_std", "test_accuracy_mean", "test_accuracy_std",
         "test_accuracy_ci_low", "test_accuracy_ci_high", "test_loss_mean", "ensemble_test_accuracy",
         "prob_champion_better", "p_vs_champion", "tied_with_champion", "train_seconds",
@@ -227,6 +228,62 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
     # Run again against the now complete store: nothing is registered twice.
     evaluate(params)
     assert len(client.search_model_versions("name = 'mnist-mlp'")) == 3
+
+
+def no_bare_nan(text: str) -> dict:
+    """JSON as a strict parser reads it: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverging_replicate_fails_at_once_and_is_never_registered_ensembled_or_champion(workspace, tmp_path, capsys):
+    params = only_variants(workspace, "mlp-256-64", "mlp-256-64-bn")
+    diverging = params.variants["mlp-256-64-bn"].model_copy(update={"optimizer": "sgd", "learning_rate": 100.0})
+    params = params.model_copy(update={"variants": {**params.variants, "mlp-256-64-bn": diverging}})
+    for variant in params.variants:
+        train(params, variant)
+    assert "mlp-256-64-bn: every replicate diverged: nothing registered" in capsys.readouterr().out
+
+    metrics = no_bare_nan((tmp_path / "reports/train/mlp-256-64-bn/metrics.json").read_text())
+    assert metrics["replicates"] == [] and metrics["val_accuracy"] is None
+    assert [failure["seed"] for failure in metrics["diverged"]] == SEEDS
+    assert list((tmp_path / "models/mlp-256-64-bn").glob("*.keras")) == []
+    client = mlflow.MlflowClient()
+    runs = runs_by_name(client)
+    for seed in SEEDS:
+        replicate = runs[f"mlp-256-64-bn seed {seed}"]
+        epoch = next(f["epoch"] for f in metrics["diverged"] if f["seed"] == seed)
+        assert replicate.info.status == "FAILED"
+        assert re.fullmatch(rf"(validation )?loss became (NaN|infinite) at epoch {epoch}", replicate.data.tags["failure"])
+        # It stopped there: no epoch after the one that diverged was trained or logged.
+        assert len(pd.read_csv(tmp_path / f"reports/history/mlp-256-64-bn/seed-{seed}.csv")) == epoch
+    assert runs["mlp-256-64-bn"].info.status == "FAILED"
+    assert {v.tags["variant"] for v in client.search_model_versions("name = 'mnist-mlp'")} == {"mlp-256-64"}
+
+    # A finished replicate whose saved weights turn out non-finite: evaluate leaves it out too.
+    damaged = tmp_path / "models/mlp-256-64/seed-1.keras"
+    model = keras.saving.load_model(damaged, compile=False)
+    weights = model.get_weights()
+    weights[0][0, 0] = np.nan
+    model.set_weights(weights)
+    model.save(damaged)
+    champion = evaluate(params)
+
+    table = pd.read_csv(tmp_path / "reports/comparison.csv").set_index("variant")
+    assert champion == "mlp-256-64" and table.index[-1] == "mlp-256-64-bn"
+    assert table.loc["mlp-256-64", ["seeds", "failed_seeds"]].tolist() == [1, 1]
+    assert table.loc["mlp-256-64-bn", ["seeds", "failed_seeds"]].tolist() == [0, 2]
+    assert table.loc["mlp-256-64-bn", ["val_accuracy_mean", "test_accuracy_mean", "ensemble_test_accuracy"]].isna().all()
+    summary = no_bare_nan((tmp_path / "reports/metrics.json").read_text())
+    assert summary["ensembles"] == {"mlp-256-64": [0], "mlp-256-64-bn": []}
+    assert summary["failed_replicates"]["mlp-256-64"] == [{"seed": 1, "reason": "non-finite weights in its model file"}]
+    assert "mlp-256-64 seed 1 (non-finite weights in its model file)" in (tmp_path / "reports/comparison.md").read_text()
+    assert "nan" not in (tmp_path / "reports/comparison.csv").read_text().lower()
+    served = client.get_model_version_by_alias("mnist-mlp", "champion")
+    assert served.tags["variant"] == "mlp-256-64" and json.loads(served.tags["seeds"]) == [0]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("mnist-mlp", "mlp-256-64-bn")
 
 
 def test_one_seed_still_gives_the_table_with_empty_spreads(workspace, tmp_path):

@@ -1,0 +1,57 @@
+"""Stage `register`, run by every `dvc repro` (always_changed): make the MLflow registry match
+DVC's files, without retraining.
+
+After a lost or replaced store (a deleted mlflow.db, a new MLFLOW_TRACKING_URI) each variant's
+seed ensemble that evaluate compared is registered again from models/, and the variants' aliases
+and `@champion` point where reports/metrics.json says. When nothing is lost it only checks.
+
+    python -m pipeline.register
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipeline import stage, tracking
+from pipeline.config import load_params
+from pipeline.data import DataError, load_split, raw_pixels
+from pipeline.paths import PROCESSED_DIR, REPORTS_DIR, replicate_model_path, split_path
+
+COMPARISON = REPORTS_DIR / "metrics.json"
+
+
+def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]]]:
+    """The champion and, per variant, the seeds of the ensemble evaluate compared (from its metrics.json)."""
+    try:
+        summary = json.loads(COMPARISON.read_text())
+        champion, ensembles = summary["champion"], summary["ensembles"]
+    except FileNotFoundError:
+        raise DataError(f"{COMPARISON} is missing: run `dvc repro evaluate`") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{COMPARISON} is not what evaluate writes ({type(error).__name__}): run `dvc repro -f evaluate`") from None
+    if sorted(ensembles) != sorted(variants):
+        raise DataError(f"{COMPARISON} compares {sorted(ensembles)}, params.yaml has {sorted(variants)}: run `dvc repro`")
+    return champion, ensembles
+
+
+def register() -> dict[str, int]:
+    params = load_params()
+    tracking.check_store()
+    champion, ensembles = compared_ensembles(list(params.variants))
+    files = {variant: {seed: replicate_model_path(variant, seed) for seed in seeds} for variant, seeds in ensembles.items()}
+    example = raw_pixels(load_split(split_path("test", PROCESSED_DIR))[0][:1])
+    versions, again = tracking.ensure_registered(files, example, "register")
+    for variant in again:
+        tracking.describe_registered_again(variant, versions[variant])
+    tracking.set_champion(versions[champion], champion)
+    restored = f"; registered again from models/: {', '.join(again)}" if again else "; nothing was missing"
+    print(f"register: {len(versions)} variant{'s' * (len(versions) != 1)} in the registry, @champion = {champion} (version {versions[champion]}){restored}")
+    return versions
+
+
+def main() -> None:
+    register()
+
+
+if __name__ == "__main__":
+    stage.run("register", main)
