@@ -106,13 +106,13 @@ def import_wall_time() -> float:
 PHASES = {
     "train": {
         "pipeline.train": ["load_split", "write_replicate", "write_variant"],
-        "pipeline.tracking": ["log_datasets", "record_replicate", "record_variant"],
+        "pipeline.tracking": ["check_store", "log_datasets", "record_replicate", "record_variant"],
         "pipeline.training": ["build_replicates", "replicate_batches", "replicate_validation", "export_replicate"],
         "mlflow": ["set_experiment"],
     },
     "evaluate": {
-        "pipeline.evaluate": ["load_split", "trained", "score_variant", "ensure_registered", "write_reports"],
-        "pipeline.tracking": ["record_evaluation", "set_champion"],
+        "pipeline.evaluate": ["load_split", "trained", "score_variant", "write_reports"],
+        "pipeline.tracking": ["check_store", "ensure_registered", "record_evaluation", "set_champion"],
         "mlflow": ["set_experiment"],
     },
 }
