@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -19,7 +20,7 @@ from pipeline.config import Params, load_params
 from pipeline.data import DataError, load_split, raw_pixels
 from pipeline.ensemble import ensemble_probabilities
 from pipeline.files import atomic_write
-from pipeline.model import has_finite_weights, load_replicate
+from pipeline.model import has_finite_weights, load_replicate, restore_hint
 from pipeline.paths import (
     EPOCHS_CSV,
     PROCESSED_DIR,
@@ -69,7 +70,7 @@ def trained(variant: str, seeds: list[int]) -> dict:
     """The train stage's metrics.json, checked against the seeds params.yaml asks for and the files
     it promises: a history per seed, a model per finished (not diverged) replicate."""
     metrics_file = train_reports_dir(variant) / "metrics.json"
-    remedy = f"restore them with `dvc checkout train@{variant}` or retrain with `dvc repro -f -s train@{variant}`"
+    remedy = restore_hint(variant)
     try:
         metrics = json.loads(metrics_file.read_text())
         finished = [replicate["seed"] for replicate in metrics["replicates"]]
@@ -113,7 +114,16 @@ def scores_on_test(probabilities: np.ndarray, y_test: np.ndarray) -> tuple[float
     return loss, float(correct.mean()), correct
 
 
-def score_variant(variant: str, metrics: dict, x_test, y_test) -> tuple[pd.DataFrame, float, np.ndarray | None, dict[int, str]]:
+class Scored(NamedTuple):
+    """A variant on the test set."""
+
+    replicates: pd.DataFrame  # per finished replicate: seed, val_accuracy, test_loss, test_accuracy
+    ensemble_accuracy: float  # NaN when no replicate is left
+    ensemble_correct: np.ndarray | None  # per test image, whether the ensemble got it right
+    left_out: dict[int, str]  # seed -> why it is not in the ensemble or the statistics
+
+
+def score_variant(variant: str, metrics: dict, x_test, y_test) -> Scored:
     """Per finished replicate its validation and test scores; the ensemble's test accuracy and right
     answers; the replicates left out, with why (diverged in training, non-finite weights or test outputs)."""
     failures = {failure["seed"]: failure["reason"] for failure in metrics.get("diverged", [])}
@@ -133,9 +143,9 @@ def score_variant(variant: str, metrics: dict, x_test, y_test) -> tuple[pd.DataF
         probabilities.append(member_probabilities)
     scores = pd.DataFrame(rows, columns=["variant", "seed", "val_accuracy", "test_loss", "test_accuracy"])
     if not probabilities:
-        return scores, np.nan, None, dict(sorted(failures.items()))
+        return Scored(scores, np.nan, None, dict(sorted(failures.items())))
     _, ensemble_accuracy, ensemble_correct = scores_on_test(ensemble_probabilities(probabilities), y_test)
-    return scores, ensemble_accuracy, ensemble_correct, dict(sorted(failures.items()))
+    return Scored(scores, ensemble_accuracy, ensemble_correct, dict(sorted(failures.items())))
 
 
 def comparison_table(
@@ -314,20 +324,20 @@ def evaluate(params: Params) -> str:
     metrics = {variant: trained(variant, seeds) for variant in params.variants}  # every input checked first
     x_test, y_test = load_split(split_path("test", PROCESSED_DIR))
     scored = {variant: score_variant(variant, metrics[variant], x_test, y_test) for variant in params.variants}
-    replicates = pd.concat(scores for scores, _, _, _ in scored.values())
-    ensembles = {variant: accuracy for variant, (_, accuracy, _, _) in scored.items()}
-    failures = {variant: failed for variant, (_, _, _, failed) in scored.items()}
+    replicates = pd.concat(score.replicates for score in scored.values())
+    ensembles = {variant: score.ensemble_accuracy for variant, score in scored.items()}
+    failures = {variant: score.left_out for variant, score in scored.items()}
     table = comparison_table(params, metrics, replicates, ensembles, failures)
     compared = table[table["seeds"] > 0]["variant"].tolist()
     name, runner_up = compared[0], compared[1] if len(compared) > 1 else compared[0]
-    only_champion, only_runner_up, p_value = stats.mcnemar_exact(scored[name][2], scored[runner_up][2])
+    only_champion, only_runner_up, p_value = stats.mcnemar_exact(scored[name].ensemble_correct, scored[runner_up].ensemble_correct)
     mcnemar = {"runner_up": runner_up, "only_champion": only_champion, "only_runner_up": only_runner_up, "p_value": p_value}
     summary = write_reports(table, replicates, mcnemar, seeds, failures)
     with atomic_write(EPOCHS_CSV, "w") as f:
         epoch_bands(metrics).to_csv(f, index=False, float_format="%.6g")
 
     # The ensemble of each variant's replicates that finished with finite test outputs.
-    files = {variant: {seed: replicate_model_path(variant, seed) for seed in scored[variant][0]["seed"]} for variant in params.variants}
+    files = {variant: {seed: replicate_model_path(variant, seed) for seed in score.replicates["seed"]} for variant, score in scored.items()}
     versions, _ = tracking.ensure_registered(files, raw_pixels(x_test[:1]), "evaluate")
     with tracking.run("evaluate", {"dvc_stage": "evaluate", "champion": name}, experiment=tracking.EVALUATION_EXPERIMENT) as evaluation:
         reports = [REPORTS_DIR / f"comparison.{suffix}" for suffix in ("csv", "md", "png")]

@@ -13,26 +13,20 @@ from typing import IO, Iterator
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix); move it onto `path` only if the block succeeds."""
-    path = Path(path)
+    path, tmp_name = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    except OSError as error:  # a read-only directory, say: named by the file it was for
-        raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
-    os.close(fd)
-    try:
+        os.close(fd)
         os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the output is an ordinary file
         yield Path(tmp_name)
         os.replace(tmp_name, path)  # atomic on POSIX: readers see the old file or the new one
-    except OSError as error:  # a full disk, say: named by the file it was for, not the temporary one
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        if error.errno is None:
-            raise
-        raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+    except BaseException as error:
+        if tmp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+        if isinstance(error, OSError) and error.errno is not None:  # a full disk, a read-only directory:
+            raise OSError(error.errno, os.strerror(error.errno), str(path)) from error  # named by its destination
         raise
 
 

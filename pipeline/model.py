@@ -151,9 +151,14 @@ def has_finite_weights(model: keras.Model) -> bool:
     return all(np.isfinite(weights).all() for weights in model.get_weights())
 
 
+def restore_hint(variant: str) -> str:
+    """How to get back what train@VARIANT wrote: from DVC's cache, or by training again."""
+    return f"restore with `dvc checkout --force train@{variant}` or retrain with `dvc repro -f -s train@{variant}`"
+
+
 def load_replicate(path: Path, variant: str) -> keras.Model:
     """A replicate's saved model, or a DataError that names the file and how to get it back."""
-    remedy = f"restore it with `dvc checkout models/{variant}` or retrain with `dvc repro -f -s train@{variant}`"
+    remedy = restore_hint(variant)
     if not Path(path).is_file():
         raise DataError(f"{path} is missing: {remedy}")
     try:

@@ -346,7 +346,7 @@ def record_variant(
     timestamp = int(time.time() * 1000)
     per_epoch = [
         Metric(name, float(value), timestamp, int(epoch))
-        for epoch, row in (epoch_stats if epoch_stats is not None else pd.DataFrame()).iterrows()
+        for epoch, row in (epoch_stats.iterrows() if epoch_stats is not None else [])
         for name, value in row.items()
         if np.isfinite(value)  # one replicate: no standard deviation
     ]

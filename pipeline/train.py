@@ -142,7 +142,7 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
 
     used = used_params(params, variant)
     stage_tag = {"dvc_stage": f"train@{variant}"}
-    models, histories, replicates, diverged = {}, {}, {}, {}
+    models, histories, replicates, diverged, diverged_curves = {}, {}, {}, {}, {}
     with tracking.run(variant, {**stage_tag, "params_hash": tracking.params_hash(used)}, params=used) as variant_run:
         tracking.log_datasets(
             {
@@ -165,7 +165,9 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
                         if seed not in guard.diverged:
                             tracking.fail_run(run_ids[seed], failure["reason"])
                         diverged[seed] = {**failure, "train_seconds": round(seconds, 2)}
-                        write_replicate(variant, seed, None, curves[curves["epoch"] <= failure["epoch"]])
+                        curves = curves[curves["epoch"] <= failure["epoch"]]
+                        write_replicate(variant, seed, None, curves)
+                        diverged_curves[seed] = curves.assign(seed=seed)
                         print(f"train@{variant}: seed {seed} diverged ({failure['reason']}): left out of the ensemble and the comparison")
                         continue
                     replicates[seed] = replicate_metrics(curves, seconds)
@@ -177,8 +179,7 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
 
         param_count = model.count_params()
         metrics = variant_metrics(seeds, replicates, diverged, epochs, param_count)
-        shown = histories or {seed: pd.read_csv(replicate_history_path(variant, seed)).assign(seed=seed) for seed in diverged}
-        write_variant(variant, models, shown, metrics)
+        write_variant(variant, models, histories or diverged_curves, metrics)  # the blow-up, if nothing finished
         version = tracking.record_variant(
             variant,
             param_count,

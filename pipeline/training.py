@@ -137,9 +137,10 @@ class StopOnDivergence(keras.callbacks.Callback):
                 continue
             for name in names:
                 key = name if len(self.seeds) == 1 else replicate_log_key(name, seed)
-                if key in logs and not np.isfinite(float(logs[key])):
-                    value = "NaN" if np.isnan(float(logs[key])) else "infinite"
-                    reason = f"{'validation loss' if name == 'val_loss' else 'loss'} became {value} at epoch {self.epoch}"
+                value = float(logs.get(key, 0.0))
+                if not np.isfinite(value):
+                    said = "NaN" if np.isnan(value) else "infinite"
+                    reason = f"{'validation loss' if name == 'val_loss' else 'loss'} became {said} at epoch {self.epoch}"
                     self.diverged[seed] = (self.epoch, reason)
                     self.on_diverged(seed, self.epoch, reason)
                     break

@@ -294,18 +294,19 @@ def test_a_lost_store_heals_on_the_next_plain_repro_without_retraining_and_serve
     assert re.findall(r"Running stage '([^']+)'", again) == ["register"] and "nothing was missing" in again
     assert len(client.search_model_versions("name = 'mnist-mlp'")) == 2
 
-    # A model file truncated, then one missing: one line naming the file and the way back.
+    # A model file missing, then truncated: one line naming the file and the way back.
     model = repo / "models/mlp-256-64/seed-1.keras"
     intact = model.read_bytes()
-    for damage, says in [(lambda: model.write_bytes(intact[: len(intact) // 2]), "is not a readable Keras model"),
-                         (model.unlink, "missing")]:
+    # Missing first, then truncated: the advised `dvc checkout --force` must bring back a damaged file.
+    for damage, says in [(model.unlink, "missing"),
+                         (lambda: model.write_bytes(intact[: len(intact) // 2]), "is not a readable Keras model")]:
         damage()
         result = subprocess.run([sys.executable, "-m", "pipeline.evaluate"], cwd=repo, env=user_env(), capture_output=True, text=True)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         (line,) = stage_lines(result.stderr)
         assert line.startswith("evaluate: ") and "models/mlp-256-64/seed-1.keras" in line and says in line
         assert "`dvc checkout " in line and "`dvc repro -f -s train@mlp-256-64`" in line
-    dvc("checkout", "models/mlp-256-64", cwd=repo)
+    dvc("checkout", "--force", "train@mlp-256-64", cwd=repo)  # as the line advises
     assert model.read_bytes() == intact
 
 
