@@ -6,11 +6,12 @@ a message that names the key and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from ruamel.yaml import YAML, YAMLError
 
 from pipeline.data import IMAGE_PIXELS, NUM_CLASSES, TRAIN_IMAGES
 from pipeline.errors import ParamsError
@@ -61,6 +62,10 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # Variant names become DVC stage names (train@NAME), param paths (variants.NAME) and
 # MLflow aliases (models:/mnist-mlp@NAME): no dots, no spaces, not an alias MLflow reserves.
 VariantName = Annotated[str, StringConstraints(pattern=r"^(?!v\d+$|latest$|champion$)[a-z][a-z0-9-]{0,62}$")]
+VARIANT_NAME_RULE = (
+    "a variant's name is 1-63 lowercase letters, digits and hyphens, starting with a letter, and not "
+    "champion, latest or vN (it names the DVC stage train@NAME, the folder models/NAME and the MLflow alias @NAME)"
+)
 
 
 class FitSettings(_Section):
@@ -176,34 +181,68 @@ def estimate_memory(spec: VariantSpec, seeds: int) -> int:
     return seeds * FLOAT_BYTES * (4 * parameter_count(spec) + 3 * activations)
 
 
-def _describe(error: dict) -> str:
-    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+def _fields_at(location: tuple) -> dict | None:
+    """The keys allowed where `location` (a key's path, without the key itself) points, if a section."""
+    if not location:
+        return Params.model_fields
+    section = Params.model_fields.get(str(location[0]))
+    if location[0] == "variants":
+        return VariantSpec.model_fields if len(location) == 2 else None
+    if section is not None and len(location) == 1 and isinstance(section.annotation, type) and issubclass(section.annotation, BaseModel):
+        return section.annotation.model_fields
+    return None
+
+
+def _where_written(location: tuple, raw: object) -> tuple:
+    """A variant's shared setting that it does not override is written once, under `train`."""
+    if len(location) >= 3 and location[0] == "variants" and location[2] in FitSettings.model_fields:
+        variants = raw.get("variants") if isinstance(raw, dict) else None
+        written = variants.get(location[1]) if isinstance(variants, dict) else None
+        if isinstance(written, dict) and location[2] not in written:
+            return ("train", *location[2:])
+    return location
+
+
+def _describe(error: dict, raw: object) -> str:
+    location = _where_written(tuple(error["loc"]), raw)
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location if part != "[key]")
     key = key.lstrip(".")
     message = error["msg"].removeprefix("Value error, ")
     if not key:  # a check across keys names its own
         return f"  {message}"
     if error["type"] == "extra_forbidden":
-        message = "unknown key"
+        allowed = _fields_at(location[:-1]) or {}
+        close = difflib.get_close_matches(str(location[-1]), allowed, n=1)
+        message = "unknown key" + (f"; did you mean {close[0]}?" if close else "") + (f" Allowed here: {', '.join(allowed)}" if allowed else "")
+    elif location[-1:] == ("[key]",) or (error["loc"][-1:] == ("[key]",)):
+        message = f"{VARIANT_NAME_RULE} (got {error['input']!r})"
     elif error["type"] not in ("missing", "value_error"):
         message += f" (got {error['input']!r})"
     return f"  {key}: {message}"
 
 
 def parse_params(raw: object, source: str = "params.yaml") -> Params:
-    """Validate already-loaded YAML; raise ParamsError naming every bad key."""
+    """Validate already-loaded YAML; raise ParamsError naming every bad key, once each."""
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(error) for error in exc.errors()]
+        lines = list(dict.fromkeys(_describe(error, raw) for error in exc.errors()))  # a shared key: one line
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+
+def read_yaml(text: str) -> object:
+    """YAML as DVC reads it (ruamel.yaml, YAML 1.2): `1e-3` is a number, `yes` a string."""
+    return YAML(typ="safe").load(text)
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path} not found") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     return parse_params(raw, source=str(path.name))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
+VALIDATED_PARAMS = Path("data/params.valid")  # the validate stage's stamp, which every other stage depends on
 RAW_NPZ = Path("data/raw/mnist.npz")
 RAW_INFO = Path("data/raw/mnist.json")
 PROCESSED_DIR = Path("data/processed")

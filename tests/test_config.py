@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import yaml
 from pipeline.config import load_params, parse_params
 from pipeline.errors import ParamsError
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, copy_of_repository
 
 
 def default_raw():
@@ -172,3 +173,64 @@ def test_a_variant_name_that_would_break_dvc_or_mlflow_is_refused(name):
 def test_repeated_seeds_are_refused():
     with pytest.raises(ParamsError, match=r"train: seeds must be distinct \(got \[0, 1, 0\]\)"):
         parse_params(with_value("train.seeds", [0, 1, 0]))
+
+
+def test_a_shared_setting_written_wrong_once_is_one_line():
+    message = str(pytest.raises(ParamsError, parse_params, with_value("train.learning_rate", "abc")).value)
+    assert message.splitlines() == ["params.yaml is invalid:", "  train.learning_rate: Input should be a valid number (got 'abc')"]
+
+
+def test_an_unknown_key_says_what_was_meant_and_what_is_allowed():
+    raw = default_raw()
+    raw["variants"]["mlp-256-64"]["drpout"] = 0.5
+    message = str(pytest.raises(ParamsError, parse_params, raw).value)
+    assert message.splitlines()[1] == (
+        "  variants.mlp-256-64.drpout: unknown key; did you mean dropout? Allowed here: batch_norm, dropout, activation, "
+        "initializer, init_stddev, output_initializer, optimizer, learning_rate, batch_size, epochs, jit_compile, hidden_layers"
+    )
+
+
+def test_a_bad_variant_name_says_the_rule():
+    raw = default_raw()
+    raw["variants"]["mlp 1"] = raw["variants"]["mlp-256-64"]
+    message = str(pytest.raises(ParamsError, parse_params, raw).value)
+    assert "  variants.mlp 1: a variant's name is 1-63 lowercase letters, digits and hyphens" in message
+    assert message.count("\n") == 1
+
+
+# How people write these numbers; YAML 1.1 (PyYAML) reads the first, third and fourth as strings.
+SPELLINGS = {"mlp-256-64": "5e-4", "mlp-256-64-bn": "1.0e-3", "mlp-256-64-bn-dropout": "1E-3", "mlp-512-256-128": "+2.5e-4"}
+
+
+def test_the_stages_read_params_yaml_as_dvc_does(tmp_path):
+    """YAML 1.2, as DVC's ruamel.yaml reads it: `1e-3` is a number everywhere. What the stages read is
+    compared with what DVC itself reports (dvc.api.params_show) for the same file."""
+    repo = copy_of_repository(tmp_path)
+    text = (repo / "params.yaml").read_text()
+    assert text.count("  learning_rate: 0.001\n") == 1
+    text = text.replace("  learning_rate: 0.001\n", "  learning_rate: 1e-3\n")
+    for name, spelling in SPELLINGS.items():
+        assert text.count(f"\n  {name}:\n") == 1
+        text = text.replace(f"\n  {name}:\n", f"\n  {name}:\n    learning_rate: {spelling}\n")
+    text = text.replace("\n  mlp-256-64:\n", "\n  mlp-256-64:\n    init_stddev: [6.2e-2, 1.25E-1]\n")
+    (repo / "params.yaml").write_text(text)
+    assert yaml.safe_load(text)["train"]["learning_rate"] == "1e-3"  # what PyYAML would have made of it
+
+    ours = load_params(repo / "params.yaml").model_dump()
+    shown = subprocess.run(
+        [sys.executable, "-c", "import json, dvc.api; print(json.dumps(dvc.api.params_show()))"],
+        cwd=repo, capture_output=True, text=True, check=True,
+    )
+    theirs = json.loads(shown.stdout)
+    assert ours["train"]["learning_rate"] == theirs["train"]["learning_rate"] == 0.001
+    for name in SPELLINGS:
+        assert ours["variants"][name]["learning_rate"] == theirs["variants"][name]["learning_rate"], name
+    assert ours["variants"]["mlp-256-64"]["init_stddev"] == theirs["variants"]["mlp-256-64"]["init_stddev"]
+    assert [ours["variants"][name]["learning_rate"] for name in SPELLINGS] == [0.0005, 0.001, 0.001, 0.00025]
+    assert ours["variants"]["mlp-256-64"]["init_stddev"] == [0.062, 0.125]
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text().replace("  subset: 0 ", "  subset: 0\n  subset: 5 "))
+    with pytest.raises(ParamsError, match=r'not valid YAML at line 21, column 3: found duplicate key "subset" with value "5" \(original value: "0"\)\Z'):
+        load_params(tmp_path / "params.yaml")

@@ -71,7 +71,7 @@ def test_the_import_graph_has_no_cycle_and_no_stage_imports_a_stage():
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
     assert set(order) == set(graph)
     stage_modules = {stage_module(stage) for stage in stages().values()}
-    assert stage_modules == {"download", "preprocess", "train", "evaluate", "register"}
+    assert stage_modules == {"validate", "download", "preprocess", "train", "evaluate", "register"}
     importers = {module: sorted(m for m, imports in graph.items() if module in imports) for module in stage_modules}
     assert importers == {module: [] for module in stage_modules}
 
@@ -83,6 +83,14 @@ def test_every_stage_depends_on_exactly_the_package_files_it_runs():
             expected |= set(tracking.SERVED_FILES)
         listed = {dep.removeprefix("pipeline/") for dep in stage["deps"] if dep.startswith("pipeline/")}
         assert {"missing": expected - listed, "not run": listed - expected} == {"missing": set(), "not run": set()}, name
+
+
+def test_every_stage_runs_after_validate():
+    """DVC removes a stage's outputs just before its command: validate must fail first on a bad params.yaml."""
+    for name, stage in stages().items():
+        if name != "validate":
+            assert "data/params.valid" in stage["deps"], name
+    assert stages()["validate"]["outs"] == ["data/params.valid"] and "params.yaml" in stages()["validate"]["deps"]
 
 
 def test_no_stage_lists_the_speed_section_as_a_param():
