@@ -3,21 +3,32 @@ VENV := .venv
 # DVC runs each stage's `python` from PATH: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup ui plots
+.PHONY: pipeline test setup ui plots system-packages
+# validate first, outside DVC too: where DVC itself would refuse params.yaml (a variant named `../x`
+# makes output paths overlap), the mistake is said in the pipeline's words.
 pipeline: setup
+	python -m pipeline.validate
 	dvc repro
 
-test: setup
+test: setup system-packages
 	python -m pytest
+
+# PostgreSQL, Chromium and nginx, which the tests drive for real: installed if missing and possible.
+system-packages:
+	tests/system-packages.sh
 
 # The MLflow UI on this repository's store, lean on a small machine: one worker, no GenAI job
 # runner (benchmarks/ui.py measures it). evaluate prints the links to open.
 ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 --host 127.0.0.1 --port 5000
 
-# dvc_plots/index.html: the variants overlaid per metric and every figure; draws offline.
-plots: setup
+# dvc_plots/index.html: the variants overlaid per metric and every figure; draws offline. The
+# page with Vega inlined is committed; a deleted one is written again.
+plots: setup .dvc/plots/offline.html
 	dvc plots show
+
+.dvc/plots/offline.html:
+	$(VENV)/bin/python -m pipeline.plots_page
 
 setup: $(VENV)/installed
 
@@ -26,5 +37,4 @@ $(VENV)/installed: requirements.txt requirements-lock.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
 		-r requirements.txt -c requirements-lock.txt
-	$(VENV)/bin/python -m pipeline.plots_page
 	touch $@

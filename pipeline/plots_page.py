@@ -2,7 +2,10 @@
 Vega-Lite and vega-embed inlined from the bundle that vl-convert-python carries: the charts draw
 with no network. DVC's own page loads them from a CDN.
 
-    python -m pipeline.plots_page      # `make setup` runs it
+    python -m pipeline.plots_page      # `make plots` runs it when the page is missing
+
+The page is committed, so `dvc plots show` draws offline in any checkout, however its environment
+was installed; tests/test_plots.py checks it is what this module writes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import vl_convert
 
 from pipeline.files import atomic_write
 
-PAGE = Path(".dvc/plots/offline.html")  # ignored by git: made at set-up
+PAGE = Path(".dvc/plots/offline.html")  # committed
 VEGA_LITE_VERSION = "v5.21"  # DVC's templates are Vega-Lite 5 specifications
 
 # `{plot_divs}` is where DVC puts the charts; each calls the global `vegaEmbed` the bundle defines.
