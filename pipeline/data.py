@@ -16,6 +16,14 @@ from pipeline.errors import DataError
 IMAGE_PIXELS = 28 * 28
 NUM_CLASSES = 10
 TRAIN_IMAGES = 60_000
+MAX_SERVED_BATCH = 4096  # images per request to the served model: bounds what one costs in memory and time
+# What the served model accepts (its MLmodel metadata `input`, docs/serving.md).
+SERVED_INPUT = (
+    f"rows of {IMAGE_PIXELS} raw pixel intensities 0-255 (a 28x28 image, row-major), 1 to {MAX_SERVED_BATCH} rows a "
+    "request: uint8, integers or floats, as a numpy array (N x 784 or N x 28 x 28), a pandas DataFrame of 784 "
+    "columns, JSON `inputs` / `instances` / `dataframe_split` / `dataframe_records`, or CSV with a header row (as "
+    "`DataFrame.to_csv(index=False)` writes). Refused: features already scaled to [0, 1], booleans, anything not a number."
+)
 
 # sha256 of each array's raw bytes in Keras' mnist.npz: the definition of "canonical".
 ARRAY_SHA256 = {
@@ -104,5 +112,5 @@ def to_features(images: np.ndarray) -> np.ndarray:
 
 
 def raw_pixels(features: np.ndarray) -> np.ndarray:
-    """Undo to_features' scaling: the 0-255 intensities a client sends the served model."""
-    return np.rint(features * 255).astype(np.float64)
+    """Undo to_features' scaling: the 0-255 intensities a client sends the served model, as MNIST stores them (uint8)."""
+    return np.rint(features * 255).astype(np.uint8)

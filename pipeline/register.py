@@ -44,6 +44,12 @@ def register() -> dict[str, int]:
     for variant in again:
         tracking.describe_registered_again(variant, versions[variant])
     tracking.set_champion(versions[champion], champion)
+    retired = tracking.retire_aliases(list(params.variants))
+    if retired:
+        print(
+            f"register: retired {', '.join(f'@{alias}' for alias in retired)}: no longer in params.yaml, so no longer served "
+            f"(the versions stay in the registry, tagged {tracking.RETIRED_TAG})"
+        )
     restored = f"; registered again from models/: {', '.join(again)}" if again else "; nothing was missing"
     print(f"register: {len(versions)} variant{'s' * (len(versions) != 1)} in the registry, @champion = {champion} (version {versions[champion]}){restored}")
     return versions

@@ -1,7 +1,9 @@
 """Everything the stages tell MLflow, in one place.
 
 The store is MLflow's own choice: MLFLOW_TRACKING_URI if set, else its default
-(`sqlite:///mlflow.db` in the working directory, the repository root under DVC).
+(`sqlite:///mlflow.db` in the working directory, the repository root under DVC). That embedded
+store keeps its artifacts in the repository's own `mlruns/`, recorded as relative paths, so a moved
+or copied repository reads and writes its own (relocate_embedded_store).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -28,10 +31,11 @@ import numpy as np
 import pandas as pd
 import psutil
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import Array
 
-from pipeline.data import IMAGE_PIXELS
+from pipeline.data import SERVED_INPUT
 from pipeline.errors import DataError, SetupError, without_credentials
 from pipeline.files import file_digest
 from pipeline.model import has_finite_weights, load_replicate
@@ -51,6 +55,19 @@ FAILURE_TAG = "failure"  # on a FAILED replicate's run: why (a diverged loss, an
 # Where a run's process runs: the next run of its stage on this host ends it KILLED if that process is gone.
 HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "host", "pid", "process_started"
 STORE_CHECK_SECONDS = 10
+RETIRED_TAG = "retired"  # on a version whose variant left params.yaml: when its alias was removed
+# The embedded store's artifact root, relative to the repository root (where stages, `mlflow ui` and
+# `mlflow models serve` run), and every column of MLflow's schema that records an artifact location.
+ARTIFACT_ROOT = "mlruns"
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+# An absolute location inside some checkout's mlruns/: `/old/repo/mlruns/1/...` or `file:///old/repo/mlruns/1/...`.
+ABSOLUTE_LOCATION = re.compile(rf"^(?:file://)?/.*/{ARTIFACT_ROOT}/(\d+(?:/.*)?)$")
 # The columns of the experiment's comparison view (the runs table shows each metric's last value).
 VIEW_PARAMS = ["hidden_layers"]
 VIEW_METRICS = ["val_accuracy", "test_accuracy_mean", "test_accuracy_ci_low", "test_accuracy_ci_high", "ensemble_test_accuracy"]
@@ -89,8 +106,10 @@ SERVED_FILES = ("__init__.py", "serving.py", "data.py", "ensemble.py", "errors.p
 # The distributions those files import, and Keras' backend.
 SERVING_DISTRIBUTIONS = ("mlflow", "numpy", "pandas", "keras", "tensorflow-cpu", "tensorflow")
 
+# Outputs only: an input schema would make MLflow refuse what users send (uint8 arrays, integer CSV
+# cells) before the model sees it; the served model checks its input itself (data.SERVED_INPUT, recorded
+# in the model's metadata as `input`).
 SIGNATURE = mlflow.models.ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, IMAGE_PIXELS))]),
     outputs=Schema([ColSpec("long", "digit"), ColSpec(Array("double"), "probabilities")]),
 )
 
@@ -129,11 +148,58 @@ def check_store_fits_workspace() -> None:
         )
 
 
+def check_store_has_registry() -> None:
+    """MLflow's file store (`file:` URIs, or a bare path) has no model registry, which every stage needs."""
+    uri = mlflow.get_tracking_uri()
+    if urllib.parse.urlsplit(uri).scheme in ("", "file"):
+        raise SetupError(
+            f"MLFLOW_TRACKING_URI={without_credentials(uri)} is MLflow's file store, which has no model registry "
+            "(every variant is registered): unset it for this repository's own sqlite:///mlflow.db, or set a "
+            "sqlite:/// URI or a tracking server's http(s):// address (docs/team-setup.md)"
+        )
+
+
+def embedded_store() -> Path | None:
+    """The sqlite file of the store, when it lies in the working directory (the repository root): the
+    repository's own store, which moves with it. None for any other store."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+    return database if database.resolve().parent == Path.cwd().resolve() else None
+
+
+def relocate_embedded_store() -> int:
+    """Record every artifact location of the embedded store relative to the repository root (`mlruns/...`).
+
+    MLflow records absolute paths, so a moved repository would look for its artifacts where it was, and
+    a copy would read, and write new versions into, the original's mlruns/. Rewritten to relative paths
+    (MLflow resolves them from the working directory), each checkout reads and writes its own. Rows
+    rewritten (0 once done)."""
+    database = embedded_store()
+    if database is None or not database.is_file():
+        return 0
+    rewritten = 0
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection, connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in LOCATION_COLUMNS:
+            if table not in tables:
+                continue
+            rows = connection.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} LIKE '%/{ARTIFACT_ROOT}/%'")
+            moved = [(f"{ARTIFACT_ROOT}/{match.group(1)}", rowid) for rowid, value in rows if (match := ABSOLUTE_LOCATION.match(value or ""))]
+            connection.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", moved)
+            rewritten += len(moved)
+    return rewritten
+
+
 def check_store() -> None:
-    """Before any work: the store fits this workspace, and a tracking server answers within
-    STORE_CHECK_SECONDS, once, not after MLflow's minutes of retries. Its failure names the
-    server's host and port, never its credentials."""
+    """Before any work: the store has a registry and fits this workspace, the embedded store's
+    artifacts are this checkout's own, and a tracking server answers within STORE_CHECK_SECONDS,
+    once, not after MLflow's minutes of retries. Its failure names the server's host and port,
+    never its credentials."""
+    check_store_has_registry()
     check_store_fits_workspace()
+    relocate_embedded_store()
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
@@ -209,6 +275,7 @@ def end_abandoned_runs(dvc_stage: str) -> list[str]:
 def use_experiment(name: str) -> None:
     """Make `name` the active experiment, described, and shown in the UI's Model-training mode."""
     experiment = mlflow.set_experiment(name)
+    relocate_embedded_store()  # a new experiment (and the store's first) is recorded with absolute paths
     wanted = {"mlflow.note.content": EXPERIMENT_DESCRIPTIONS[name], "mlflow.experimentKind": "custom_model_development"}
     for key, value in wanted.items():
         if experiment.tags.get(key) != value:
@@ -459,6 +526,7 @@ def log_and_register_model(model_files: dict[int, Path], variant: str, example: 
             code_paths=[str(package)],
             signature=SIGNATURE,
             input_example=example,
+            metadata={"input": SERVED_INPUT},
             pip_requirements=serving_requirements(),
             registered_model_name=REGISTERED_MODEL,
         )
@@ -472,26 +540,46 @@ def log_and_register_model(model_files: dict[int, Path], variant: str, example: 
     return version
 
 
-def find_registered_versions(model_files: dict[str, dict[int, Path]]) -> dict[str, int | None]:
+def unservable(version: int, seeds: list[int]) -> str | None:
+    """Why a registered version cannot be served from this store (its MLmodel or a member's file cannot
+    be read where the store records them), or None when it can."""
+    uri = mlflow.MlflowClient().get_model_version_download_uri(REGISTERED_MODEL, str(version))
+    try:
+        repository = get_artifact_repository(uri)
+        with tempfile.TemporaryDirectory(prefix="mlmodel-") as scratch:
+            mlflow.models.Model.load(repository.download_artifacts("MLmodel", scratch))
+        members = {Path(entry.path).name: entry.file_size for entry in repository.list_artifacts("artifacts")}
+    except Exception as error:  # whatever the artifact store says: the version is not servable
+        return f"its MLmodel cannot be read at {without_credentials(uri)} ({type(error).__name__})"
+    missing = [f"seed-{seed}.keras" for seed in seeds if not members.get(f"seed-{seed}.keras")]
+    return f"{', '.join(missing)} missing at {without_credentials(uri)}" if missing else None
+
+
+def find_registered_versions(model_files: dict[str, dict[int, Path]], stage: str) -> dict[str, int | None]:
     """Per variant, the registered version holding exactly its replicates' model files and today's
-    serving code, or None. One listing of the registry for all."""
+    serving code, and servable from this store; or None. One listing of the registry for all; a
+    version that is listed but cannot be served is said in one line."""
     code = serving_code_md5()
     by_content = {
         (v.tags.get("variant"), v.tags.get("models_md5"), v.tags.get("serving_code_md5")): int(v.version)
         for v in mlflow.MlflowClient().search_model_versions(f"name = '{REGISTERED_MODEL}'")
     }
-    return {
-        variant: by_content.get((variant, models_md5([files[seed] for seed in sorted(files)]), code))
-        for variant, files in model_files.items()
-    }
+    found = {}
+    for variant, files in model_files.items():
+        version = by_content.get((variant, models_md5([files[seed] for seed in sorted(files)]), code))
+        if version is not None and (why := unservable(version, sorted(files))):
+            print(f"{stage}: {variant}'s registered version {version} cannot be served from this store: {why}")
+            version = None
+        found[variant] = version
+    return found
 
 
 def ensure_registered(model_files: dict[str, dict[int, Path]], example: np.ndarray, stage: str) -> tuple[dict[str, int], list[str]]:
     """Each variant's registered seed ensemble of exactly `model_files` (its finished replicates),
-    its alias pointed there; what the store lacks (lost, replaced, or new serving code) is logged
-    again from DVC's files, in a run of its own. A variant without files loses its alias. The
-    versions, and the variants registered again."""
-    versions = find_registered_versions({variant: files for variant, files in model_files.items() if files})
+    its alias pointed there; what the store lacks or cannot serve (lost, replaced, or new serving
+    code) is logged again from DVC's files, in a run of its own. A variant without files loses its
+    alias. The versions, and the variants registered again."""
+    versions = find_registered_versions({variant: files for variant, files in model_files.items() if files}, stage)
     again = []
     for variant, files in model_files.items():
         if not files:  # every replicate failed: nothing to serve under its name
@@ -499,11 +587,30 @@ def ensure_registered(model_files: dict[str, dict[int, Path]], example: np.ndarr
         elif versions[variant] is not None:
             point_alias(variant, versions[variant])
         else:
-            print(f"{stage}: {variant} is not in the MLflow registry with these models and serving code; registering it from models/{variant}/")
+            print(f"{stage}: registering {variant} again from models/{variant}/ (the registry has no servable version of these models and serving code)")
             with run(variant, {"dvc_stage": f"train@{variant}", "registered_by": stage}):
                 versions[variant] = log_and_register_model(files, variant, example)
             again.append(variant)
     return versions, again
+
+
+def retire_aliases(variants: list[str]) -> list[str]:
+    """Remove the alias of every variant no longer in params.yaml (so it serves no more), tagging its
+    version `retired` with when and why; the version itself stays in the registry. The aliases retired."""
+    client = mlflow.MlflowClient()
+    try:
+        aliases = client.get_registered_model(REGISTERED_MODEL).aliases
+    except mlflow.exceptions.MlflowException:  # nothing registered yet
+        return []
+    retired = []
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    for alias, version in sorted(aliases.items()):
+        if alias in variants or alias == CHAMPION_ALIAS:
+            continue
+        client.set_model_version_tag(REGISTERED_MODEL, str(version), RETIRED_TAG, f"{when}: @{alias} removed, the variant is no longer in params.yaml")
+        client.delete_registered_model_alias(REGISTERED_MODEL, alias)
+        retired.append(alias)
+    return retired
 
 
 def describe_registered_again(variant: str, version: int) -> None:

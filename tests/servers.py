@@ -35,12 +35,12 @@ def is_up(url: str, health: str = "/ping") -> bool:
 
 
 @contextlib.contextmanager
-def running(command: list[str], url: str, health: str, env: dict[str, str] | None, startup_seconds: float) -> Iterator[str]:
-    """Start `command`, wait until `url + health` answers, yield `url`; stop it (and its workers) after."""
+def running(command: list[str], url: str, health: str, env: dict[str, str] | None, startup_seconds: float, cwd: Path | None = None) -> Iterator[str]:
+    """Start `command` (in `cwd`), wait until `url + health` answers, yield `url`; stop it (and its workers) after."""
     environment = {**os.environ, **(env or {}), "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tempfile.TemporaryFile("w+") as log:
         # Its own session, so stopping it stops the uvicorn workers it starts too.
-        server = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(command, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + startup_seconds
             while not is_up(url, health):
@@ -59,14 +59,15 @@ def running(command: list[str], url: str, health: str, env: dict[str, str] | Non
                 server.wait()
 
 
-def scoring_server(model_uri: str, env: dict[str, str] | None = None, startup_seconds: float = 120):
-    """`mlflow models serve` of `model_uri` on 127.0.0.1 and a free port: a context yielding its URL."""
+def scoring_server(model_uri: str, env: dict[str, str] | None = None, startup_seconds: float = 120, cwd: Path | None = None):
+    """`mlflow models serve` of `model_uri` on 127.0.0.1 and a free port, started in `cwd` (a repository's
+    root: its store's artifact paths are relative to it): a context yielding its URL."""
     port = free_port()
     command = [
         str(BIN_DIR / "mlflow"), "models", "serve", "-m", model_uri,
         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
     ]
-    return running(command, f"http://127.0.0.1:{port}", "/ping", env, startup_seconds)
+    return running(command, f"http://127.0.0.1:{port}", "/ping", env, startup_seconds, cwd)
 
 
 def tracking_server(backend_store_uri: str, artifacts_destination: Path, startup_seconds: float = 120):
@@ -85,14 +86,15 @@ LEAN_UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 LEAN_UI_OPTIONS = ["--workers", "1"]
 
 
-def ui_server(backend_store_uri: str, startup_seconds: float = 120):
-    """`mlflow ui` on a store, started lean, on 127.0.0.1 and a free port: a context yielding its URL."""
+def ui_server(backend_store_uri: str, startup_seconds: float = 120, cwd: Path | None = None):
+    """`mlflow ui` on a store, started lean in `cwd` (the store's repository), on 127.0.0.1 and a free port:
+    a context yielding its URL."""
     port = free_port()
     command = [
         str(BIN_DIR / "mlflow"), "ui", "--backend-store-uri", backend_store_uri,
         "--host", "127.0.0.1", "--port", str(port), *LEAN_UI_OPTIONS,
     ]
-    return running(command, f"http://127.0.0.1:{port}", "/health", LEAN_UI_ENV, startup_seconds)
+    return running(command, f"http://127.0.0.1:{port}", "/health", LEAN_UI_ENV, startup_seconds, cwd)
 
 
 REPO_DIR = Path(__file__).resolve().parent.parent

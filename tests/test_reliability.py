@@ -283,7 +283,7 @@ def test_a_lost_store_heals_on_the_next_plain_repro_without_retraining_and_serve
     assert "registered again from models/: mlp-256-64, mlp-256-64-bn" in healed
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
-    with scoring_server("models:/mnist-mlp@champion", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}) as url:
+    with scoring_server("models:/mnist-mlp@champion", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}, cwd=repo) as url:
         request = urllib.request.Request(f"{url}/invocations", headers={"Content-Type": "application/json"},
                                          data=json.dumps({"inputs": canonical_arrays["x_test"][:20].reshape(20, 784).tolist()}).encode())
         with urllib.request.urlopen(request, timeout=60) as response:

@@ -2,7 +2,9 @@
 
 import http.client
 import json
+import re
 import shutil
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -12,15 +14,16 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks.load import load_test
 from pipeline import tracking
 from pipeline.model import build_network
 from pipeline.paths import replicate_model_path
-from pipeline.serving import MAX_BATCH
+from pipeline.data import MAX_SERVED_BATCH as MAX_BATCH, SERVED_INPUT
 from pipeline.train import train
-from tests.servers import is_up, nginx_proxy, scoring_server
+from tests.servers import BIN_DIR, is_up, nginx_proxy, scoring_server
 
 from conftest import small_workspace
 
@@ -93,47 +96,119 @@ def test_dataframe_split_and_float_pixels_are_accepted(served, canonical_arrays)
     assert [p["digit"] for p in by_split["predictions"]] == [p["digit"] for p in by_inputs["predictions"]]
 
 
-def test_signature_and_input_example_describe_raw_pixel_rows(served):
+def test_signature_metadata_and_input_example_describe_raw_pixel_rows(served):
     url, _ = served
     uri = f"models:/mnist-mlp@{VARIANT}"
     info = mlflow.models.get_model_info(uri)
-    (tensor,) = info.signature.inputs.inputs
-    assert (tensor.type, tensor.shape) == (np.dtype("float64"), (-1, 784))
+    assert info.signature.inputs is None  # MLflow would refuse uint8 arrays and integer CSV before the model sees them
     assert info.signature.outputs.input_names() == ["digit", "probabilities"]
+    assert info.metadata["input"] == SERVED_INPUT
 
     model_dir = Path(mlflow.artifacts.download_artifacts(uri))
     example = json.loads((model_dir / "serving_input_example.json").read_text())
     pixels = np.array(example["inputs"])
-    assert pixels.shape == (1, 784) and pixels.max() > 1 and (pixels == np.rint(pixels)).all()
+    assert pixels.shape == (1, 784) and pixels.dtype == np.int64 and pixels.max() > 1  # JSON ints 0-255
     status, answer = post(url, example)
     assert status == 200 and len(answer["predictions"]) == 1
+
+
+def as_csv(rows: np.ndarray) -> bytes:
+    return pd.DataFrame(rows).to_csv(index=False).encode()
+
+
+def answers(predictions) -> tuple[list[int], np.ndarray]:
+    return [p["digit"] for p in predictions], np.array([p["probabilities"] for p in predictions])
+
+
+def test_every_form_users_send_gets_the_same_answer(served, canonical_arrays, tmp_path):
+    """MNIST's own uint8 arrays, ints, floats, DataFrames, 28x28 images through mlflow.pyfunc; JSON ints
+    and floats, CSV with integer or float cells over HTTP and through `mlflow models predict`."""
+    url, local_ensemble = served
+    images = canonical_arrays["x_test"][:20]  # uint8, 20 x 28 x 28
+    rows = images.reshape(20, 784)
+    expected = local_ensemble.predict_on_batch(rows.astype(np.float32) / 255)
+    got = {}
+
+    model = mlflow.pyfunc.load_model(f"models:/mnist-mlp@{VARIANT}")
+    for name, data in {
+        "uint8": rows, "int64": rows.astype(np.int64), "float32": rows.astype(np.float32), "float64": rows.astype(np.float64),
+        "28x28 uint8": images, "DataFrame uint8": pd.DataFrame(rows), "DataFrame float": pd.DataFrame(rows.astype(float)),
+    }.items():
+        frame = model.predict(data)
+        got[f"pyfunc {name}"] = (frame["digit"].tolist(), np.array(frame["probabilities"].tolist()))
+    for name, body, content_type in [
+        ("JSON ints", json.dumps({"inputs": rows.tolist()}).encode(), "application/json"),
+        ("JSON floats", json.dumps({"inputs": rows.astype(float).tolist()}).encode(), "application/json"),
+        ("JSON instances", json.dumps({"instances": rows.tolist()}).encode(), "application/json"),
+        ("CSV ints", as_csv(rows), "text/csv"),
+        ("CSV floats", as_csv(rows.astype(float)), "text/csv"),
+    ]:
+        status, answer = post(url, body, content_type)
+        assert status == 200, (name, answer)
+        got[f"HTTP {name}"] = answers(answer["predictions"])
+    for name, cells in [("ints", rows), ("floats", rows.astype(float))]:
+        (tmp_path / "rows.csv").write_bytes(as_csv(cells))
+        result = subprocess.run(
+            [str(BIN_DIR / "mlflow"), "models", "predict", "-m", f"models:/mnist-mlp@{VARIANT}", "-i", str(tmp_path / "rows.csv"),
+             "-t", "csv", "--env-manager", "local", "-o", str(tmp_path / "out.json")],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        got[f"mlflow models predict CSV {name}"] = answers(json.loads((tmp_path / "out.json").read_text())["predictions"])
+
+    for name, (digits, probabilities) in got.items():
+        assert digits == expected.argmax(axis=1).tolist(), name
+        np.testing.assert_array_equal(probabilities.astype(np.float32), expected, err_msg=name)  # identical, to the bit
+
+
+SCALED = "look like features already scaled to [0, 1] (every value at most 1, some fractional): send raw pixel intensities 0-255"
+
+
+@pytest.mark.parametrize(
+    "form", ["JSON", "CSV", "pyfunc"],
+)
+def test_features_already_scaled_and_booleans_are_refused_saying_to_send_raw_pixels(served, canonical_arrays, form):
+    url, _ = served
+    features = canonical_arrays["x_test"][:3].reshape(3, 784) / 255  # what the preprocess stage writes
+    booleans = canonical_arrays["x_test"][:3].reshape(3, 784) > 127
+    for data, says in [(features, f"3 of 3 rows (row 0, 1, 2) {SCALED}"), (booleans, "found booleans: send raw pixel intensities 0-255")]:
+        if form == "pyfunc":
+            with pytest.raises(mlflow.exceptions.MlflowException, match=re.escape(says)):
+                mlflow.pyfunc.load_model(f"models:/mnist-mlp@{VARIANT}").predict(data)
+            continue
+        body = json.dumps({"inputs": data.tolist()}).encode() if form == "JSON" else as_csv(data)
+        status, answer = post(url, body, "application/json" if form == "JSON" else "text/csv")
+        assert status == 400 and says in answer["message"] and "stack_trace" not in answer
 
 
 ROW = [0] * 784
 
 
 @pytest.mark.parametrize(
-    "body, says",
+    "body, content_type, says",
     [
-        ({"inputs": [ROW[:700]]}, "does not match expected shape"),
-        ({"inputs": [ROW, ROW[:10]]}, "inhomogeneous"),
-        ({"inputs": [["a"] * 784]}, "could not convert string to float"),
-        ({"inputs": [[None] * 784]}, "must be numbers: found null, NaN or infinity"),
-        ({"inputs": [[0] * 783 + [256]]}, "must lie in 0-255: found 0 to 256"),
-        ({"inputs": [[-1] * 784]}, "must lie in 0-255"),
-        ({"inputs": []}, "Failed to enforce schema"),
-        ({"pixels": [ROW]}, "must be a JSON dictionary with exactly one of the input fields"),
-        (b"{not json", "valid JSON"),
-        ({"inputs": [ROW] * (MAX_BATCH + 1)}, f"a request carries 1 to {MAX_BATCH} images"),
+        ({"inputs": [ROW[:700]]}, "application/json", "expected images of 784 pixels (28x28), got shape (1, 700)"),
+        ({"inputs": [ROW, ROW[:10]]}, "application/json", "inhomogeneous"),
+        ({"inputs": [["a"] * 784]}, "application/json", "pixel intensities must be numbers, got <U1"),
+        ({"inputs": [[None] * 784]}, "application/json", "pixel intensities must be numbers: found null"),
+        ({"inputs": [[0] * 783 + [256]]}, "application/json", "must lie in 0-255: found 0 to 256"),
+        ({"inputs": [[-1] * 784]}, "application/json", "must lie in 0-255"),
+        ({"inputs": []}, "application/json", "expected images of 784 pixels (28x28), got shape (0,)"),
+        ({"pixels": [ROW]}, "application/json", "must be a JSON dictionary with exactly one of the input fields"),
+        (b"{not json", "application/json", "valid JSON"),
+        ({"inputs": [ROW] * (MAX_BATCH + 1)}, "application/json", f"a request carries 1 to {MAX_BATCH} images"),
+        (b"0,1\n5,\"6\n", "text/csv", "Failed to parse input as a Pandas DataFrame"),
+        (b"0,1,2\n5,6,7\n", "text/csv", "expected images of 784 pixels (28x28), got shape (1, 3)"),
     ],
     ids=["short row", "ragged", "non-numeric", "null", "above 255", "negative", "empty batch",
-         "wrong key", "invalid JSON", "batch too large"],
+         "wrong key", "invalid JSON", "batch too large", "invalid CSV", "short CSV row"],
 )
-def test_a_bad_request_gets_a_4xx_that_says_what_is_wrong(served, body, says):
+def test_a_bad_request_gets_a_4xx_that_says_what_is_wrong_and_no_stack_trace(served, body, content_type, says):
     url, _ = served
-    status, answer = post(url, body)
+    status, answer = post(url, body, content_type)
     assert 400 <= status < 500
     assert says in answer["message"]
+    assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
 
 
 def test_nan_in_a_json_number_is_refused(served):
@@ -203,7 +278,7 @@ def test_what_mlflows_own_scoring_server_does_with_hostile_payloads(served):
     assert raw_post(url, DEEP_JSON, {"Content-Type": "application/json"}) == (500, b"Internal Server Error")
     # No limit on the body: 20 MB of one row is read and parsed whole before the shape is refused.
     status, body = raw_post(url, b'{"inputs": [[' + b"0," * 10_000_000 + b"0]]}", {"Content-Type": "application/json"})
-    assert status == 400 and b"does not match expected shape" in body
+    assert status == 400 and b"expected images of 784 pixels (28x28), got shape (1, 10000001)" in body
     assert is_up(url)  # and it serves on
 
 
@@ -218,8 +293,11 @@ def test_the_nginx_recipe_refuses_oversized_bodies_and_wrong_types_and_passes_go
         status, answer = post(proxy, LARGEST_REQUEST, content_type="application/json; charset=utf-8")
         assert status == 200 and len(answer["predictions"]) == MAX_BATCH
 
+        status, body = raw_post(proxy, as_csv(images), {"Content-Type": "text/csv"})
+        assert status == 200 and [p["digit"] for p in json.loads(body)["predictions"]] == expected.argmax(axis=1).tolist()
+
         good = json.dumps({"inputs": [ROW]}).encode()
-        for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/jsonx"}, {"Content-Type": "text/csv"}):
+        for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/jsonx"}, {"Content-Type": "text/csvx"}):
             status, body = raw_post(proxy, good, headers)
             assert (status, json.loads(body)["error_code"]) == (415, "UNSUPPORTED_MEDIA_TYPE"), headers
         status, body = raw_post(proxy, b"[" * (25 * 2**20), {"Content-Type": "application/json"})

@@ -49,7 +49,7 @@ def ui(quick_run):
     repo, output = quick_run
     printed = dict(re.findall(r"^  (experiment|compare|registry): (http\S+)$", output, re.MULTILINE))
     assert set(printed) == {"experiment", "compare", "registry"}, output[-3000:]
-    with ui_server(f"sqlite:///{repo}/mlflow.db") as url:
+    with ui_server(f"sqlite:///{repo}/mlflow.db", cwd=repo) as url:
         yield url, {what: link.replace("http://127.0.0.1:5000", url, 1) for what, link in printed.items()}
 
 
