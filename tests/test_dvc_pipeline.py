@@ -37,8 +37,9 @@ def test_repro_preprocess_yields_the_canonical_splits_and_then_does_nothing(tmp_
     assert "didn't change" in again
 
 
-def test_the_quick_pipeline_trains_replicates_compares_and_serves_the_champion(quick_run, canonical_arrays):
+def test_the_quick_pipeline_trains_replicates_compares_and_serves_the_champion(quick_run, canonical_arrays, monkeypatch):
     repo, output = quick_run
+    monkeypatch.chdir(repo)  # the store's artifact locations are relative to the repository root
     variants = list(yaml.safe_load((repo / "params.yaml").read_text())["variants"])
     assert len(variants) == 10
     seeds = [0, 1, 2]
