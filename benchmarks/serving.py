@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving                          # serves models:/mnist-mlp@champion itself
     python -m benchmarks.serving --url http://127.0.0.1:5000   # or measures a running server
+    python -m benchmarks.serving --members 1,5            # the champion's first k seeds, k = 1 and 5, side by side
 
 Loopback only; bounded: --single sequential one-image requests, then --batches requests of
 --batch-size images. Prints figures; asserts nothing.
@@ -14,13 +15,15 @@ import contextlib
 import http.client
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from pipeline.paths import RAW_NPZ
-from tests.servers import scoring_server
+from pipeline.paths import RAW_NPZ, SERVED_JSON, replicate_model_path
+from tests.servers import save_served_model, scoring_server
 
 
 def post(connection: http.client.HTTPConnection, images: np.ndarray) -> dict:
@@ -70,10 +73,21 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=500, help="one-image requests")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--members", help="k1,k2,...: serve the champion's ensemble of its first k seeds (models/), each in turn")
     args = parser.parse_args()
 
     with np.load(RAW_NPZ) as raw:
         images, labels = raw["x_test"], raw["y_test"]
+    if args.members:
+        served = json.loads(SERVED_JSON.read_text())
+        champion, seeds = served["champion"], served["ensembles"][served["champion"]]
+        for k in map(int, args.members.split(",")):
+            with tempfile.TemporaryDirectory(prefix="members-") as scratch:
+                model = save_served_model(Path(scratch), [replicate_model_path(champion, seed) for seed in seeds[:k]])
+                with scoring_server(str(model)) as url:
+                    print(f"measuring {champion}, the ensemble of its first {k} seed{'s' * (k > 1)} ({seeds[:k]})")
+                    measure(url, images, labels, args.single, args.batch_size, args.batches)
+        return
     with contextlib.nullcontext(args.url) if args.url else scoring_server(args.model) as url:
         print(f"measuring {url} ({args.url and 'a running server' or args.model})")
         measure(url, images, labels, args.single, args.batch_size, args.batches)

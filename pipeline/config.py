@@ -110,6 +110,15 @@ class SpeedParams(_Section):
     replicates_together: bool
 
 
+class ChampionParams(_Section):
+    """How evaluate chooses the champion, always on the validation split (the test set only reports)."""
+
+    # ensemble: the best validation accuracy of what is served, the variant's seed ensemble;
+    # replicate_mean: the best mean validation accuracy of its single replicates.
+    select: Literal["ensemble", "replicate_mean"]
+    significance: float = Field(gt=0, lt=1)  # of the Holm-corrected tests that say which variants are tied with it
+
+
 class VariantSpec(FitSettings):
     """One fully resolved configuration: `train`'s settings with the variant's overrides."""
 
@@ -130,6 +139,7 @@ class Params(_Section):
     data: DataParams
     train: TrainParams
     speed: SpeedParams
+    champion: ChampionParams
     variants: dict[VariantName, VariantSpec] = Field(min_length=1)
 
     @model_validator(mode="before")

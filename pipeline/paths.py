@@ -16,6 +16,8 @@ MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports")
 TRAIN_REPORTS_DIR = REPORTS_DIR / "train"
 HISTORY_DIR = REPORTS_DIR / "history"  # every replicate's per-epoch history
+SERVED_JSON = REPORTS_DIR / "served.json"  # the champion and each variant's ensemble: what register serves
+DIFFERENCES_DIR = REPORTS_DIR / "differences"  # where the variants differ: per class, calibration, confusion, mistakes
 EPOCHS_CSV = REPORTS_DIR / "epochs.csv"  # per variant and epoch, the seeds' mean and band: dvc.yaml overlays the variants
 
 

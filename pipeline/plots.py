@@ -75,20 +75,25 @@ def training_curves(histories: dict[int, pd.DataFrame], title: str) -> plt.Figur
     return figure
 
 
-def comparison_chart(table: pd.DataFrame, replicates: pd.DataFrame, champion: str, tied: list[str]) -> plt.Figure:
-    """Per variant, validation and test accuracy: every replicate as a dot, the mean with its 95%
-    t-interval, the seed ensemble as a diamond; the champion in bold, its ties in italics."""
+def comparison_chart(table: pd.DataFrame, replicates: pd.DataFrame, champion: str, tied: list[str], rule: str) -> plt.Figure:
+    """Per variant, validation and test accuracy: every replicate as a dot, their mean with its 95%
+    t-interval, the seed ensemble (what is served) as a diamond, with its 95% Wilson interval on the
+    test set; the champion in bold, its ties in italics."""
     order = table["variant"].tolist()
-    rows = range(len(order))
+    rows = np.arange(len(order))
     figure, axes = plt.subplots(1, 2, sharey=True, figsize=(13, 0.55 * len(order) + 2))
     for axis, split in zip(axes, ["val", "test"]):
         sns.stripplot(data=replicates, x=f"{split}_accuracy", y="variant", order=order, color="0.55", size=4, jitter=0.15, ax=axis)
         means = table[f"{split}_accuracy_mean"].to_numpy()
         low, high = table[f"{split}_accuracy_ci_low"].to_numpy(), table[f"{split}_accuracy_ci_high"].to_numpy()
         errors = np.nan_to_num([means - low, high - means])  # one seed: no interval to draw
-        axis.errorbar(means, rows, xerr=errors, fmt="o", color="C0", capsize=3, label="mean, 95% t-interval")
+        axis.errorbar(means, rows - 0.15, xerr=errors, fmt="o", color="C0", capsize=3, label="replicates' mean, 95% t-interval")
+        ensemble = table[f"ensemble_{split}_accuracy"].to_numpy()
         if split == "test":
-            axis.scatter(table["ensemble_test_accuracy"], rows, marker="D", color="C3", zorder=3, label="seed ensemble")
+            spread = np.nan_to_num([ensemble - table["ensemble_test_ci_low"], table["ensemble_test_ci_high"] - ensemble])
+            axis.errorbar(ensemble, rows + 0.15, xerr=spread, fmt="D", color="C3", capsize=3, label="seed ensemble, 95% Wilson interval")
+        else:
+            axis.scatter(ensemble, rows + 0.15, marker="D", color="C3", zorder=3, label="seed ensemble")
         axis.set(xlabel=f"{'validation' if split == 'val' else 'test'} accuracy", ylabel="")
         axis.set_xlim(max(axis.get_xlim()[0], 0.0), min(axis.get_xlim()[1], 1.0))  # accuracy lives in [0, 1]
         axis.grid(axis="x", alpha=0.3)
@@ -98,6 +103,38 @@ def comparison_chart(table: pd.DataFrame, replicates: pd.DataFrame, champion: st
             label.set_fontweight("bold")
         elif label.get_text() in tied:
             label.set_fontstyle("italic")
-    figure.suptitle(f"Variants by mean validation accuracy (champion {champion} in bold, variants tied with it in italics)")
+    by = "seed ensemble's validation accuracy" if rule == "ensemble" else "replicates' mean validation accuracy"
+    figure.suptitle(f"Variants by their {by} (champion {champion} in bold, variants tied with it in italics)")
+    figure.tight_layout()
+    return figure
+
+
+def reliability_diagram(tables: dict[str, pd.DataFrame], eces: dict[str, float]) -> plt.Figure:
+    """Accuracy against confidence per bin of top-label confidence, one line per classifier; the diagonal is perfect calibration."""
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")
+    for (name, table), color in zip(tables.items(), ("C3", "C0")):
+        axis.plot(table["confidence"], table["accuracy"], marker="o", color=color, label=f"{name} (ECE {eces[name]:.4f})")
+    axis.set(xlabel="confidence (top probability), mean of the bin", ylabel="accuracy of the bin", xlim=(0, 1), ylim=(0, 1))
+    axis.set_title("Reliability on the test set, 15 bins")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def image_grid(images: np.ndarray, captions: list[str], title: str, columns: int = 8) -> plt.Figure:
+    """Test images (28 x 28 intensities) in a grid, each with its caption."""
+    count = max(len(images), 1)
+    rows = (count + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows + 0.6), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_axis_off()
+        if index < len(images):
+            axis.imshow(images[index].reshape(28, 28), cmap="gray_r", vmin=0, vmax=255)
+            axis.set_title(captions[index], fontsize=7)
+    if not len(images):
+        axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure

@@ -3,7 +3,7 @@ DVC's files, without retraining.
 
 After a lost or replaced store (a deleted mlflow.db, a new MLFLOW_TRACKING_URI) each variant's
 seed ensemble that evaluate compared is registered again from models/, and the variants' aliases
-and `@champion` point where reports/metrics.json says. When nothing is lost it only checks.
+and `@champion` point where reports/served.json says. When nothing is lost it only checks.
 
     python -m pipeline.register
 """
@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 
-from pipeline import stage, tracking
+from pipeline import registry, stage, store
 from pipeline.config import load_params
 from pipeline.data import DataError, load_split, raw_pixels
-from pipeline.paths import PROCESSED_DIR, REPORTS_DIR, replicate_model_path, split_path
+from pipeline.paths import PROCESSED_DIR, SERVED_JSON, replicate_model_path, split_path
 
-COMPARISON = REPORTS_DIR / "metrics.json"
+COMPARISON = SERVED_JSON
 
 
 def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]]]:
-    """The champion and, per variant, the seeds of the ensemble evaluate compared (from its metrics.json)."""
+    """The champion and, per variant, the seeds of the ensemble evaluate compared (its served.json)."""
     try:
         summary = json.loads(COMPARISON.read_text())
         champion, ensembles = summary["champion"], summary["ensembles"]
@@ -36,19 +36,19 @@ def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]]]:
 
 def register() -> dict[str, int]:
     params = load_params()
-    tracking.check_store()
+    store.check_store()
     champion, ensembles = compared_ensembles(list(params.variants))
     files = {variant: {seed: replicate_model_path(variant, seed) for seed in seeds} for variant, seeds in ensembles.items()}
     example = raw_pixels(load_split(split_path("test", PROCESSED_DIR))[0][:1])
-    versions, again = tracking.ensure_registered(files, example, "register")
+    versions, again = registry.ensure_registered(files, example, "register")
     for variant in again:
-        tracking.describe_registered_again(variant, versions[variant])
-    tracking.set_champion(versions[champion], champion)
-    retired = tracking.retire_aliases(list(params.variants))
+        registry.describe_registered_again(variant, versions[variant])
+    registry.set_champion(versions[champion], champion)
+    retired = registry.retire_aliases(list(params.variants))
     if retired:
         print(
             f"register: retired {', '.join(f'@{alias}' for alias in retired)}: no longer in params.yaml, so no longer served "
-            f"(the versions stay in the registry, tagged {tracking.RETIRED_TAG})"
+            f"(the versions stay in the registry, tagged {registry.RETIRED_TAG})"
         )
     restored = f"; registered again from models/: {', '.join(again)}" if again else "; nothing was missing"
     print(f"register: {len(versions)} variant{'s' * (len(versions) != 1)} in the registry, @champion = {champion} (version {versions[champion]}){restored}")

@@ -7,7 +7,7 @@ applies the training pipeline's own `to_features`, so serving cannot drift from 
 that would fool it get a 400 instead: features already scaled to [0, 1], booleans.
 
 This is an MLflow "models from code" file: logging names it, loading the model runs it.
-The served model ships it with exactly the package files it imports (see tracking.SERVED_FILES).
+The served model ships it with exactly the package files it imports (see registry.SERVED_FILES).
 """
 
 from __future__ import annotations

@@ -66,3 +66,11 @@ def mcnemar_exact(correct_a, correct_b) -> tuple[int, int, float]:
     if only_a + only_b == 0:
         return only_a, only_b, 1.0
     return only_a, only_b, float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def proportion_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of a proportion (an ensemble's accuracy over images)."""
+    if trials == 0:
+        return (np.nan, np.nan)
+    interval = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence, method="wilson")
+    return (float(interval.low), float(interval.high))

@@ -13,7 +13,7 @@ import time
 import keras
 import pandas as pd
 
-from pipeline import plots, stage, tracking, training
+from pipeline import plots, registry, stage, store, tracking, training
 from pipeline.config import Params, load_params
 from pipeline.data import load_split, raw_pixels
 from pipeline.files import atomic_path, atomic_write
@@ -67,7 +67,7 @@ def replicate_metrics(curves: pd.DataFrame, train_seconds: float) -> dict:
 
 
 def variant_metrics(seeds: list[int], replicates: dict[int, dict], diverged: dict[int, dict], epochs: int, param_count: int) -> dict:
-    """The variant's metrics.json: mean and standard deviation over its finished replicates, then
+    """The variant's replicates.json: mean and standard deviation over its finished replicates, then
     each of them, then the diverged ones (seed, epoch, reason), which no statistic includes.
 
     Never a bare NaN: no replicate, or one, has no standard deviation (null).
@@ -106,10 +106,19 @@ def write_replicate(variant: str, seed: int, model: keras.Model | None, curves: 
         curves.to_csv(f, index=False)  # a diverged epoch's NaN is an empty cell
 
 
+def summary_metrics(metrics: dict) -> dict:
+    """What DVC shows as the variant's metrics (`dvc exp show`, `dvc metrics diff`): a few flat numbers;
+    the per-replicate detail is in replicates.json."""
+    flat = {key: value for key, value in metrics.items() if key not in ("seeds", "replicates", "diverged")}
+    return {**flat, "finished": len(metrics["replicates"]), "diverged": len(metrics["diverged"])}
+
+
 def write_variant(variant: str, models: dict[int, keras.Model], histories: dict[int, pd.DataFrame], metrics: dict) -> None:
     out = train_reports_dir(variant)
-    with atomic_write(out / "metrics.json", "w") as f:
+    with atomic_write(out / "replicates.json", "w") as f:
         json.dump(metrics, f, indent=2, allow_nan=False)
+    with atomic_write(out / "metrics.json", "w") as f:
+        json.dump(summary_metrics(metrics), f, indent=2, allow_nan=False)
     kernels = {seed: dense_kernels(model) for seed, model in models.items()}
     plots.save_png(plots.weight_violins(kernels, variant), out / "weights.png")
     plots.save_png(plots.training_curves(histories, variant), out / "curves.png")
@@ -127,7 +136,7 @@ def divergence(guard: training.StopOnDivergence, seed: int, model: keras.Model, 
 
 def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
     strategy = training.distribution_strategy(params.train.strategy)  # first: it must precede any TF op
-    tracking.check_store()  # a store that cannot take the results fails now, not after training
+    store.check_store()  # a store that cannot take the results fails now, not after training
     train_split = load_split(split_path("train", processed_dir))
     validation_split = load_split(split_path("validation", processed_dir))
     seeds, epochs = params.train.seeds, params.epochs(variant)
@@ -143,7 +152,7 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
     used = used_params(params, variant)
     stage_tag = {"dvc_stage": f"train@{variant}"}
     models, histories, replicates, diverged, diverged_curves = {}, {}, {}, {}, {}
-    with tracking.run(variant, {**stage_tag, "params_hash": tracking.params_hash(used)}, params=used) as variant_run:
+    with tracking.run(variant, {**stage_tag, "params_hash": tracking.params_hash(used)}, params=used, system_metrics=True) as variant_run:
         tracking.log_datasets(
             {
                 "training": (*train_split, split_path("train", processed_dir)),
@@ -180,19 +189,21 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
         param_count = model.count_params()
         metrics = variant_metrics(seeds, replicates, diverged, epochs, param_count)
         write_variant(variant, models, histories or diverged_curves, metrics)  # the blow-up, if nothing finished
-        version = tracking.record_variant(
+        tracking.record_variant(
             variant,
             param_count,
             epoch_statistics(histories) if histories else None,
             metrics["train_seconds"],
             [train_reports_dir(variant) / name for name in FIGURES],
             model_summary(model),
-            {seed: replicate_model_path(variant, seed) for seed in replicates},
-            raw_pixels(validation_split[0][:1]),
         )
+        if replicates:  # the seed ensemble of its finished replicates, logged in this run as the served model
+            version = registry.log_and_register_model(
+                {seed: replicate_model_path(variant, seed) for seed in replicates}, variant, raw_pixels(validation_split[0][:1])
+            )
     if not replicates:
         tracking.fail_run(variant_run.info.run_id, f"every replicate diverged (seeds {', '.join(map(str, seeds))})")
-        tracking.drop_alias(variant)  # an older version must not be served under its name
+        registry.drop_alias(variant)  # an older version must not be served under its name
         print(f"train@{variant}: every replicate diverged: nothing registered; evaluate lists the variant without statistics")
         return metrics
     spread = f" ± {metrics['val_accuracy_std']:.4f}" if metrics["val_accuracy_std"] is not None else ""

@@ -97,6 +97,25 @@ def ui_server(backend_store_uri: str, startup_seconds: float = 120, cwd: Path | 
     return running(command, f"http://127.0.0.1:{port}", "/health", LEAN_UI_ENV, startup_seconds, cwd)
 
 
+def save_served_model(directory: Path, member_files: list[Path]) -> Path:
+    """The served model of these member files, saved as registration logs it (models from code, the
+    package files serving imports), without a store: its path, for `mlflow models serve -m PATH`."""
+    import mlflow
+
+    from pipeline import registry
+
+    package = directory / "code" / registry.PACKAGE_DIR.name
+    package.mkdir(parents=True)
+    for name in registry.SERVED_FILES:
+        shutil.copy2(registry.PACKAGE_DIR / name, package / name)
+    mlflow.pyfunc.save_model(
+        directory / "model", python_model=str(registry.PACKAGE_DIR / registry.SERVING_MODULE),
+        artifacts={f"seed-{i}": str(path) for i, path in enumerate(member_files)}, code_paths=[str(package)],
+        signature=registry.SIGNATURE,
+    )
+    return directory / "model"
+
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 PROXY_CONF = REPO_DIR / "deploy/nginx.conf"  # the recipe docs/serving.md gives, as shipped
 

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 
 from benchmarks.load import load_test
-from pipeline import tracking
+from pipeline import registry
 from pipeline.model import build_network
 from pipeline.paths import replicate_model_path
 from pipeline.data import MAX_SERVED_BATCH as MAX_BATCH, SERVED_INPUT
 from pipeline.train import train
-from tests.servers import BIN_DIR, is_up, nginx_proxy, scoring_server
+from tests.servers import BIN_DIR, is_up, nginx_proxy, save_served_model, scoring_server
 
 from conftest import small_workspace
 
@@ -322,14 +322,7 @@ def test_a_model_that_computes_nan_answers_500_never_nan(tmp_path, default_param
     network.set_weights(weights)
     member = tmp_path / "seed-0.keras"
     network.save(member)
-    package = tmp_path / "code" / tracking.PACKAGE_DIR.name
-    package.mkdir(parents=True)
-    for name in tracking.SERVED_FILES:
-        shutil.copy2(tracking.PACKAGE_DIR / name, package / name)
-    mlflow.pyfunc.save_model(
-        tmp_path / "model", python_model=str(tracking.PACKAGE_DIR / tracking.SERVING_MODULE),
-        artifacts={"seed-0": str(member)}, code_paths=[str(package)], signature=tracking.SIGNATURE,
-    )
+    save_served_model(tmp_path, [member])
     with scoring_server(str(tmp_path / "model")) as url:
         status, body = raw_post(url, json.dumps({"inputs": [ROW]}).encode(), {"Content-Type": "application/json"})
     assert status == 500

@@ -10,7 +10,7 @@ import sys
 
 import yaml
 
-from pipeline import tracking
+from pipeline import registry
 
 from conftest import REPO_ROOT
 
@@ -79,8 +79,8 @@ def test_the_import_graph_has_no_cycle_and_no_stage_imports_a_stage():
 def test_every_stage_depends_on_exactly_the_package_files_it_runs():
     for name, stage in stages().items():
         expected = files_run_by(stage_module(stage))
-        if "tracking.py" in expected:  # it registers models: their code is the stage's too
-            expected |= set(tracking.SERVED_FILES)
+        if "registry.py" in expected:  # it registers models: their code is the stage's too
+            expected |= set(registry.SERVED_FILES)
         listed = {dep.removeprefix("pipeline/") for dep in stage["deps"] if dep.startswith("pipeline/")}
         assert {"missing": expected - listed, "not run": listed - expected} == {"missing": set(), "not run": set()}, name
 
@@ -99,8 +99,8 @@ def test_no_stage_lists_the_speed_section_as_a_param():
 
 
 def test_the_served_model_ships_exactly_the_files_serving_runs():
-    assert tracking.SERVING_MODULE == "serving.py"
-    assert set(tracking.SERVED_FILES) == files_run_by("serving")
+    assert registry.SERVING_MODULE == "serving.py"
+    assert set(registry.SERVED_FILES) == files_run_by("serving")
 
 
 def distribution(import_name: str) -> str:
@@ -110,10 +110,10 @@ def distribution(import_name: str) -> str:
 
 
 def test_the_served_model_pins_exactly_the_distributions_its_files_import():
-    imported = set().union(*(third_party_imports(name.removesuffix(".py")) for name in tracking.SERVED_FILES))
+    imported = set().union(*(third_party_imports(name.removesuffix(".py")) for name in registry.SERVED_FILES))
     assert imported == {"mlflow", "numpy", "pandas", "keras"}
     expected = {distribution(name) for name in imported | {KERAS_BACKEND}}
-    pinned = {re.sub(r"[-_.]+", "-", pin.split("==")[0]).lower() for pin in tracking.serving_requirements()}
+    pinned = {re.sub(r"[-_.]+", "-", pin.split("==")[0]).lower() for pin in registry.serving_requirements()}
     assert pinned == expected
 
 

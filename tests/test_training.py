@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import confusion_matrix
 
-from pipeline import tracking
+from pipeline import registry, tracking
 from pipeline.data import load_split, to_features
 from pipeline.errors import SetupError
 from pipeline.evaluate import evaluate
@@ -48,7 +49,10 @@ def runs_by_name(client) -> dict:
 def test_a_variant_trains_a_replicate_per_seed_saved_and_tracked(workspace, tmp_path):
     metrics = train(workspace, VARIANT)
 
-    saved = json.loads((tmp_path / f"reports/train/{VARIANT}/metrics.json").read_text())
+    saved = json.loads((tmp_path / f"reports/train/{VARIANT}/replicates.json").read_text())
+    flat = json.loads((tmp_path / f"reports/train/{VARIANT}/metrics.json").read_text())  # what DVC shows: a few flat numbers
+    assert all(isinstance(value, (int, float)) for value in flat.values()) and flat["finished"] == 2 and flat["diverged"] == 0
+    assert flat["val_accuracy"] == saved["val_accuracy"]
     assert saved == metrics and saved["seeds"] == SEEDS and saved["epochs"] == 2 and saved["params"] == 219_338
     replicates = pd.DataFrame(saved["replicates"]).set_index("seed")
     assert saved["val_accuracy"] == pytest.approx(replicates["val_accuracy"].mean())
@@ -110,12 +114,12 @@ def test_a_variant_trains_a_replicate_per_seed_saved_and_tracked(workspace, tmp_
     assert int(version.version) == 1 and version.run_id == parent.info.run_id
     assert json.loads(version.tags["seeds"]) == SEEDS
     model_files = [tmp_path / f"models/{VARIANT}/seed-{seed}.keras" for seed in SEEDS]
-    assert version.tags["models_md5"] == tracking.models_md5(model_files)
+    assert version.tags["models_md5"] == registry.models_md5(model_files)
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/mnist-mlp@{VARIANT}"))
-    assert sorted(p.name for p in (model_dir / "code/pipeline").iterdir()) == sorted(tracking.SERVED_FILES)
+    assert sorted(p.name for p in (model_dir / "code/pipeline").iterdir()) == sorted(registry.SERVED_FILES)
     requirements = (model_dir / "requirements.txt").read_text().split()
-    assert sorted(requirements) == sorted(tracking.serving_requirements())
-    assert version.tags["serving_code_md5"] == tracking.serving_code_md5()
+    assert sorted(requirements) == sorted(registry.serving_requirements())
+    assert version.tags["serving_code_md5"] == registry.serving_code_md5()
 
     # The served ensemble answers raw pixels with exactly the mean of its members' probabilities.
     x_val, y_val = load_split(tmp_path / "data/processed/validation.npz")
@@ -154,21 +158,47 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
     table = pd.read_csv(tmp_path / "reports/comparison.csv")
     assert list(table.columns) == [
         "variant", "hidden_layers", "batch_norm", "dropout", "params", "epochs", "seeds", "failed_seeds",
+        "ensemble_val_accuracy", "ensemble_val_loss", "ensemble_test_accuracy", "ensemble_test_ci_low", "ensemble_test_ci_high",
+        "ensemble_test_nll", "ensemble_test_ece", "p_vs_champion", "tied_with_champion",
         "val_accuracy_mean", "val_accuracy_std", "test_accuracy_mean", "test_accuracy_std",
-        "test_accuracy_ci_low", "test_accuracy_ci_high", "test_loss_mean", "ensemble_test_accuracy",
-        "prob_champion_better", "p_vs_champion", "tied_with_champion", "train_seconds",
+        "test_accuracy_ci_low", "test_accuracy_ci_high", "test_loss_mean", "prob_champion_better", "train_seconds",
     ]
-    assert champion == table["variant"][0] == table.loc[table["val_accuracy_mean"].idxmax(), "variant"]
-    assert (table["seeds"] == 2).all() and table["val_accuracy_mean"].is_monotonic_decreasing
+    # The champion is the best served model: the seed ensemble with the best validation accuracy,
+    # computed here from the member files with plain Keras.
+    x_val, y_val = load_split(tmp_path / "data/processed/validation.npz")
+    served_val = {}
+    for variant in params.variants:
+        members = [keras.saving.load_model(tmp_path / f"models/{variant}/seed-{seed}.keras", compile=False) for seed in SEEDS]
+        served_val[variant] = float(np.mean(np.mean([m.predict(x_val, verbose=0) for m in members], axis=0).argmax(axis=1) == y_val.argmax(axis=1)))
+    rows = table.set_index("variant")
+    for variant, accuracy in served_val.items():
+        assert rows.loc[variant, "ensemble_val_accuracy"] == pytest.approx(accuracy, abs=1e-6)  # the CSV keeps 6 digits
+    assert champion == table["variant"][0] == max(served_val, key=served_val.get)
+    # Its confusion data for DVC's confusion template: the champion's ensemble on the test set, as
+    # scikit-learn's confusion_matrix counts it from the member files' own predictions.
+    x_test, y_test = load_split(tmp_path / "data/processed/test.npz")
+    members = [keras.saving.load_model(tmp_path / f"models/{champion}/seed-{seed}.keras", compile=False) for seed in SEEDS]
+    predicted = np.mean([m.predict(x_test, verbose=0) for m in members], axis=0).argmax(axis=1)
+    confusion = pd.read_csv(tmp_path / "reports/differences/confusion_champion.csv")
+    assert list(confusion.columns) == ["actual", "predicted"]
+    ours = confusion_matrix(confusion["actual"], confusion["predicted"], labels=range(10))
+    assert (ours == confusion_matrix(y_test.argmax(axis=1), predicted, labels=range(10))).all()
+    sizes = pd.read_csv(tmp_path / "reports/ensemble_size.csv")
+    assert sizes[sizes["variant"] == champion]["members"].tolist() == [1, 2]
+    assert sizes[(sizes["variant"] == champion) & (sizes["members"] == 2)]["val_accuracy"].item() == pytest.approx(served_val[champion], abs=1e-6)
+    for name in ("per_class.csv", "calibration.csv", "confused_pairs.csv", "reliability.png", "mistakes.png", "disagreements.png"):
+        assert (tmp_path / "reports/differences" / name).stat().st_size > 0, name
+    assert (table["seeds"] == 2).all() and table["ensemble_val_accuracy"].is_monotonic_decreasing
     assert table.set_index("variant").loc["mlp-256-64-bn", "hidden_layers"] == "256-64"
     assert (table["test_accuracy_ci_low"] <= table["test_accuracy_mean"]).all()
     assert (table["test_accuracy_mean"] <= table["test_accuracy_ci_high"]).all()
     assert table["p_vs_champion"].isna()[0] and table["p_vs_champion"][1:].between(0, 1).all()
     assert set(table["tied_with_champion"][1:]) <= {True, False}
     markdown = (tmp_path / "reports/comparison.md").read_text()
-    assert markdown.startswith(f"**Champion: {champion}**") and "McNemar" in markdown
+    assert markdown.startswith(f"**Champion: {champion}**, whose seed ensemble") and "McNemar" in markdown
     summary = json.loads((tmp_path / "reports/metrics.json").read_text())
-    assert summary["champion"] == champion and summary["mcnemar_vs_runner_up"]["runner_up"] == table["variant"][1]
+    assert summary["champion"] == champion and summary["runner_up"] == table["variant"][1] and summary["select"] == "ensemble"
+    assert all(isinstance(value, (str, int, float)) for value in summary.values()), "flat, for dvc exp show"
     bands = pd.read_csv(tmp_path / "reports/epochs.csv")  # what dvc.yaml's charts overlay
     history = pd.read_csv(tmp_path / "reports/history/mlp-256-64/seed-1.csv")
     assert sorted(bands["variant"].unique()) == sorted(params.variants) and bands["epoch"].max() == 2
@@ -192,14 +222,18 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
     for variant in params.variants:
         run, version = runs[variant], client.get_model_version_by_alias("mnist-mlp", variant)
         assert version.run_id == run.info.run_id
-        for name in ("test_accuracy_mean", "test_accuracy_ci_low", "test_accuracy_ci_high", "ensemble_test_accuracy"):
+        for name in ("test_accuracy_mean", "test_accuracy_ci_low", "test_accuracy_ci_high", "ensemble_test_accuracy", "ensemble_val_accuracy"):
             assert run.data.metrics[name] == pytest.approx(rows.loc[variant, name], abs=1e-6)
-        logged = client.get_logged_model(tracking.logged_model_id(version))  # its metrics show on the version's page
+        logged = client.get_logged_model(registry.logged_model_id(version))  # its metrics show on the version's page
         assert {m.key: m.value for m in logged.metrics}["test_accuracy_mean"] == pytest.approx(rows.loc[variant, "test_accuracy_mean"], abs=1e-6)
         described = version.description
         assert described.startswith(f"{variant}: the seed ensemble of 2 replicates (seeds 0, 1)")
-        assert f"Test accuracy {rows.loc[variant, 'test_accuracy_mean']:.4f}, 95% t-interval" in described
-        assert f"this ensemble: {rows.loc[variant, 'ensemble_test_accuracy']:.4f}" in described
+        assert f"test accuracy {rows.loc[variant, 'test_accuracy_mean']:.4f}, 95% t-interval" in described
+        assert f"This ensemble: validation accuracy {rows.loc[variant, 'ensemble_val_accuracy']:.4f}, test accuracy {rows.loc[variant, 'ensemble_test_accuracy']:.4f} (95% Wilson interval" in described
+        # MLflow's own classifier evaluation of the served ensemble, in the variant's run.
+        assert {"confusion_matrix.png", "per_class_metrics.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        # CPU and memory sampled during training.
+        assert any(key.startswith("system/cpu_utilization_percentage") for key in run.data.metrics)
         assert run.data.tags["champion"] == ("true" if variant == champion else "false")
     assert "champion" in client.get_registered_model("mnist-mlp").description
     # The links evaluate prints: the experiment in Model-training mode, the variants compared.
@@ -221,13 +255,21 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(workspace, tmp_p
     for variant in params.variants:
         version = client.get_model_version_by_alias("mnist-mlp", variant)
         files = [tmp_path / f"models/{variant}/seed-{seed}.keras" for seed in SEEDS]
-        assert version.tags["models_md5"] == tracking.models_md5(files)
+        assert version.tags["models_md5"] == registry.models_md5(files)
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
     champions = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id], "tags.champion = 'true'")
     assert [run.info.run_name for run in champions] == [champion]
     # Run again against the now complete store: nothing is registered twice.
     evaluate(params)
     assert len(client.search_model_versions("name = 'mnist-mlp'")) == 3
+
+    # `champion.select: replicate_mean` keeps the earlier rule: the best mean validation accuracy of single replicates.
+    by_replicates = params.model_copy(update={"champion": params.champion.model_copy(update={"select": "replicate_mean"})})
+    chosen = evaluate(by_replicates)
+    table = pd.read_csv(tmp_path / "reports/comparison.csv")
+    assert chosen == table["variant"][0] == table.loc[table["val_accuracy_mean"].idxmax(), "variant"]
+    assert table["val_accuracy_mean"].is_monotonic_decreasing
+    assert json.loads((tmp_path / "reports/metrics.json").read_text())["select"] == "replicate_mean"
 
 
 def no_bare_nan(text: str) -> dict:
@@ -245,7 +287,7 @@ def test_a_diverging_replicate_fails_at_once_and_is_never_registered_ensembled_o
         train(params, variant)
     assert "mlp-256-64-bn: every replicate diverged: nothing registered" in capsys.readouterr().out
 
-    metrics = no_bare_nan((tmp_path / "reports/train/mlp-256-64-bn/metrics.json").read_text())
+    metrics = no_bare_nan((tmp_path / "reports/train/mlp-256-64-bn/replicates.json").read_text())
     assert metrics["replicates"] == [] and metrics["val_accuracy"] is None
     assert [failure["seed"] for failure in metrics["diverged"]] == SEEDS
     assert list((tmp_path / "models/mlp-256-64-bn").glob("*.keras")) == []
@@ -275,7 +317,8 @@ def test_a_diverging_replicate_fails_at_once_and_is_never_registered_ensembled_o
     assert table.loc["mlp-256-64", ["seeds", "failed_seeds"]].tolist() == [1, 1]
     assert table.loc["mlp-256-64-bn", ["seeds", "failed_seeds"]].tolist() == [0, 2]
     assert table.loc["mlp-256-64-bn", ["val_accuracy_mean", "test_accuracy_mean", "ensemble_test_accuracy"]].isna().all()
-    summary = no_bare_nan((tmp_path / "reports/metrics.json").read_text())
+    no_bare_nan((tmp_path / "reports/metrics.json").read_text())
+    summary = no_bare_nan((tmp_path / "reports/served.json").read_text())
     assert summary["ensembles"] == {"mlp-256-64": [0], "mlp-256-64-bn": []}
     assert summary["failed_replicates"]["mlp-256-64"] == [{"seed": 1, "reason": "non-finite weights in its model file"}]
     assert "mlp-256-64 seed 1 (non-finite weights in its model file)" in (tmp_path / "reports/comparison.md").read_text()
@@ -296,17 +339,21 @@ def test_one_seed_still_gives_the_table_with_empty_spreads(workspace, tmp_path):
 
     table = pd.read_csv(tmp_path / "reports/comparison.csv")
     assert table["variant"][0] == champion and (table["seeds"] == 1).all()
-    spreads = ["val_accuracy_std", "test_accuracy_std", "test_accuracy_ci_low", "test_accuracy_ci_high",
-               "prob_champion_better", "p_vs_champion", "tied_with_champion"]
-    assert table[spreads].isna().all().all()
+    spreads = ["val_accuracy_std", "test_accuracy_std", "test_accuracy_ci_low", "test_accuracy_ci_high", "prob_champion_better"]
+    assert table[spreads].isna().all().all()  # no spread over one seed; the ensemble's tests over images still stand
     assert table["test_accuracy_mean"].notna().all() and table["ensemble_test_accuracy"].notna().all()
-    assert "With one seed per variant there is no spread" in (tmp_path / "reports/comparison.md").read_text()
+    assert table["p_vs_champion"][1:].notna().all() and table["ensemble_test_ci_low"].notna().all()
+    assert "t-interval over seeds" not in (tmp_path / "reports/comparison.md").read_text()
     summary_text = (tmp_path / "reports/metrics.json").read_text()
-    assert "NaN" not in summary_text and json.loads(summary_text)["champion_val_accuracy_std"] is None
+    assert "NaN" not in summary_text and json.loads(summary_text)["champion"] == champion
+    # The rule of single replicates, which one seed cannot support, says so.
+    by_replicates = params.model_copy(update={"champion": params.champion.model_copy(update={"select": "replicate_mean"})})
+    evaluate(by_replicates)
+    assert "With one seed per variant there is no spread" in (tmp_path / "reports/comparison.md").read_text()
     parent = runs_by_name(mlflow.MlflowClient())["mlp-256-64"]
     assert "val_accuracy_std" not in parent.data.metrics and "test_accuracy_ci_low" not in parent.data.metrics
     version = mlflow.MlflowClient().get_model_version_by_alias("mnist-mlp", "mlp-256-64")
-    assert "interval" not in version.description and "seeds 0)" in version.description
+    assert "t-interval" not in version.description and "seeds 0)" in version.description  # no spread over one seed
 
 
 def test_the_mirrored_strategy_trains_on_the_cpu(workspace, tmp_path):

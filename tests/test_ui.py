@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from playwright.sync_api import expect, sync_playwright
@@ -82,9 +83,9 @@ def test_the_experiment_page_lists_the_variants_with_test_accuracy_and_the_champ
     expect(page.get_by_text(f"{len(variants)} matching runs")).to_be_visible()  # the variant runs, not their seeds
     for variant in variants:
         expect(page.get_by_role("link", name=variant, exact=True)).to_be_attached()
-    for column in ("test_accuracy_mean", "test_accuracy_ci_low", "ensemble_test_accuracy", "champion"):
+    for column in ("ensemble_val_accuracy", "ensemble_test_accuracy", "ensemble_test_ci_low", "champion"):
         expect(page.get_by_role("columnheader", name=column).first).to_be_visible()
-    # Best mean validation accuracy first: the champion's row, the one row whose champion cell says true.
+    # The best seed ensemble on validation first: the champion's row, the one row whose champion cell says true.
     first_row = page.locator('[row-index="0"]')
     expect(first_row.get_by_role("link", name=champion, exact=True)).to_be_visible()
     expect(first_row.get_by_role("gridcell", name="true", exact=True)).to_be_visible()
@@ -116,7 +117,7 @@ def test_the_compare_view_of_the_variants_loads(page, ui, quick_run):
 def test_the_registry_shows_the_champion(page, ui, quick_run):
     _, champion = variants_and_champion(quick_run[0])
     page.goto(ui[1]["registry"])
-    expect(page.get_by_text("@champion at the variant with the best mean validation accuracy", exact=False)).to_be_visible()
+    expect(page.get_by_text("@champion at the variant whose seed ensemble, what is served, has the best validation accuracy", exact=False)).to_be_visible()
     aliased = page.get_by_role("row").filter(has_text="@\u00a0champion")  # the alias chip: "@", a no-break space, its name
     expect(aliased).to_have_count(1)
     expect(aliased).to_contain_text(f": {champion}")  # on the champion's version (its variant tag)
@@ -135,12 +136,29 @@ def test_dvc_plots_draw_every_chart_with_no_network(page, quick_run):
     page.goto((repo / "dvc_plots/index.html").as_uri())
 
     charts = page.locator(".vega-embed")
-    expect(charts).to_have_count(3)  # validation accuracy, validation loss, training loss
-    expect(page.locator(".vega-embed svg.marks")).to_have_count(3)  # each drawn by Vega
-    images = 2 * len(variants) + 1  # per variant its violins and curves; the comparison
+    # Validation accuracy, validation loss, training loss; the ensemble of the first k seeds on
+    # validation and test; the champion's and the runner-up's confusion matrices.
+    expect(charts).to_have_count(7)
+    expect(page.locator(".vega-embed svg.marks")).to_have_count(7)  # each drawn by Vega
+    images = 2 * len(variants) + 4  # per variant its violins and curves; the comparison; reliability, mistakes, disagreements
     drawn = "[...document.images].filter(image => image.complete && image.naturalWidth > 0).length"
     page.wait_for_function(f"{drawn} === {images}")
     assert errors == []
     assert [url for url in requests if not url.startswith("file:")] == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     charts.first.screenshot(path=SCREENSHOTS / "validation-accuracy.png")
+    charts.nth(3).screenshot(path=SCREENSHOTS / "ensemble-size.png")
+    charts.nth(5).screenshot(path=SCREENSHOTS / "confusion-champion.png")
+
+
+def test_the_champions_run_page_shows_mlflows_confusion_matrix(page, ui, quick_run):
+    repo = quick_run[0]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.champion = 'true'")
+    page.goto(f"{ui[0]}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/artifacts")
+    page.get_by_text("confusion_matrix.png", exact=True).click()
+    expect(page.locator("img[src*='confusion_matrix']").first).to_be_visible()
+    page.wait_for_function("[...document.images].some(image => image.src.includes('confusion_matrix') && image.complete && image.naturalWidth > 0)")
+    close_the_assistant(page)
+    shoot(page, "confusion-matrix-run.png")
