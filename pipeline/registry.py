@@ -10,6 +10,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -86,17 +87,20 @@ def log_and_register_model(model_files: dict[int, Path], variant: str, example: 
         package.mkdir()
         for name in SERVED_FILES:
             shutil.copy2(PACKAGE_DIR / name, package / name)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PACKAGE_DIR / SERVING_MODULE),  # models from code: nothing pickled
-            artifacts={f"seed-{seed}": str(model_files[seed]) for seed in seeds},
-            code_paths=[str(package)],
-            signature=SIGNATURE,
-            input_example=example,
-            metadata={"input": SERVED_INPUT},
-            pip_requirements=serving_requirements(),
-            registered_model_name=REGISTERED_MODEL,
-        )
+        with warnings.catch_warnings():
+            # MLflow asks for type hints on predict; the model has none on purpose (serving.py).
+            warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PACKAGE_DIR / SERVING_MODULE),  # models from code: nothing pickled
+                artifacts={f"seed-{seed}": str(model_files[seed]) for seed in seeds},
+                code_paths=[str(package)],
+                signature=SIGNATURE,
+                input_example=example,
+                metadata={"input": SERVED_INPUT},
+                pip_requirements=serving_requirements(),
+                registered_model_name=REGISTERED_MODEL,
+            )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "variant", variant)
