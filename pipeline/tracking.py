@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -298,9 +299,13 @@ def log_classifier_evaluation(run_id: str, labels: np.ndarray, predicted: np.nda
     predictions evaluate computed: no model is loaded again; explainability off)."""
     data = pd.DataFrame({"label": labels, "prediction": predicted})
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)  # MLflow resumes runs of the active one only
+    evaluator_log = logging.getLogger("mlflow.models.evaluation")
+    level = evaluator_log.level
+    evaluator_log.setLevel(logging.ERROR)  # its notes on what it inferred of the labels, three lines a variant
     with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
         warnings.simplefilter("ignore")  # MLflow's notes on the dataset's inferred schema
         mlflow.models.evaluate(
             data=data, targets="label", predictions="prediction", model_type="classifier",
             evaluator_config={"log_model_explainability": False, "label_list": list(range(10))},
         )
+    evaluator_log.setLevel(level)
