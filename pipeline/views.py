@@ -15,7 +15,7 @@ from pipeline.tracking import CHAMPION_TAG, COMPARISON_TAG, EXPERIMENT
 
 # The columns of the experiment's comparison view (the runs table shows each metric's last value).
 VIEW_PARAMS = ["hidden_layers"]
-VIEW_METRICS = ["ensemble_val_accuracy", "ensemble_test_accuracy", "ensemble_test_ci_low", "ensemble_test_ci_high", "val_accuracy", "test_accuracy_mean"]
+VIEW_METRICS = ["ensemble_val_accuracy", "ensemble_test_accuracy", "ensemble_test_ci_low", "ensemble_test_ci_high", "test_accuracy_mean"]
 
 
 def ui_links(run_ids: list[str]) -> dict[str, str]:

@@ -86,9 +86,15 @@ def test_the_quick_pipeline_trains_replicates_compares_and_serves_the_champion(q
         assert spec["encoding"]["color"]["field"] == "variant"
         assert {layer["mark"]["type"] for layer in spec["layer"]} == {"area", "line"}  # the seed mean and its band
     assert charts["validation_accuracy"]["content"]["layer"][1]["encoding"]["y"]["title"] == "validation accuracy"
+    sizes = plotted["ensemble_size_validation"][0]["content"]  # what each extra seed buys, the variants overlaid
+    assert {row["variant"] for row in sizes["data"]["values"]} == set(variants)
+    assert sorted({int(row["members"]) for row in sizes["data"]["values"]}) == [1, 2, 3]
+    for role in ("champion", "runner_up"):  # DVC's own confusion template
+        assert plotted[f"reports/differences/confusion_{role}.csv"][0]["type"] == "vega"
     images = [name for name, entries in plotted.items() if entries[0]["type"] == "image"]
     expected = [f"reports/train/{variant}/{figure}" for variant in variants for figure in ("weights.png", "curves.png")]
-    assert sorted(images) == sorted([*expected, "reports/comparison.png"])
+    differences = [f"reports/differences/{name}.png" for name in ("reliability", "mistakes", "disagreements")]
+    assert sorted(images) == sorted([*expected, "reports/comparison.png", *differences])
 
     # The champion's seed ensemble, served, answers raw pixels.
     with scoring_server("models:/mnist-mlp@champion", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}, cwd=repo) as url:
