@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
+from pipeline import stats
 from pipeline.data import NUM_CLASSES
 from pipeline.ensemble import ensemble_probabilities
 
@@ -69,4 +70,48 @@ def describe(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "accuracy": accuracy(probabilities, labels),
         "nll": negative_log_likelihood(probabilities, labels),
         "ece": expected_calibration_error(probabilities, labels),
+    }
+
+
+def ensemble_size_table(members: dict[str, dict[str, list[np.ndarray]]], labels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per variant and k = 1..K, the accuracy of the ensemble of its first k members (`members[variant][split]`,
+    in seed order) on validation and test."""
+    rows = [
+        {"variant": variant, "members": k, "val_accuracy": val, "test_accuracy": test}
+        for variant, by_split in members.items()
+        for k, (val, test) in enumerate(
+            zip(*(ensemble_sizes(by_split[split], labels[split]) for split in ("validation", "test"))), start=1
+        )
+    ]
+    return pd.DataFrame(rows, columns=["variant", "members", "val_accuracy", "test_accuracy"])
+
+
+def where_they_differ(members: dict[str, list[np.ndarray]], ensembles: dict[str, np.ndarray | None], labels: np.ndarray) -> dict[str, pd.DataFrame]:
+    """On one split, per variant (its members' and its ensemble's probabilities): per-class precision,
+    recall and F1 of the ensemble, with the mean and 95% t-interval of its members' F1; calibration
+    (ECE, NLL) of the ensemble and of the members; the ensemble's most confused digit pairs."""
+    per_class_rows, calibration, pairs = [], [], []
+    for variant, ensemble in ensembles.items():
+        if ensemble is None:
+            continue
+        predicted = ensemble.argmax(axis=1)
+        classes = per_class(labels, predicted)
+        member_f1 = np.array([per_class(labels, member.argmax(axis=1))["f1"].to_numpy() for member in members[variant]])
+        intervals = [stats.mean_interval(member_f1[:, digit]) for digit in CLASSES]
+        per_class_rows.append(classes.assign(
+            variant=variant, f1_replicate_mean=member_f1.mean(axis=0),
+            f1_replicate_ci_low=[low for low, _ in intervals], f1_replicate_ci_high=[high for _, high in intervals],
+        ))
+        described = [describe(member, labels) for member in members[variant]]
+        row = {"variant": variant, **{f"ensemble_{k}": v for k, v in describe(ensemble, labels).items()}}
+        for name in ("ece", "nll"):
+            values = [member[name] for member in described]
+            low, high = stats.mean_interval(values)
+            row.update({f"replicate_{name}_mean": float(np.mean(values)), f"replicate_{name}_ci_low": low, f"replicate_{name}_ci_high": high})
+        calibration.append(row)
+        pairs.append(confused_pairs(labels, predicted).assign(variant=variant))
+    return {
+        "per_class": pd.concat(per_class_rows, ignore_index=True)[["variant", "digit", "precision", "recall", "f1", "support", "f1_replicate_mean", "f1_replicate_ci_low", "f1_replicate_ci_high"]],
+        "calibration": pd.DataFrame(calibration),
+        "confused_pairs": pd.concat(pairs, ignore_index=True)[["variant", "true", "predicted", "images"]],
     }

@@ -400,54 +400,13 @@ def write_summaries(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict
     return summary
 
 
-def ensemble_size_table(scored: dict[str, Scored], labels: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Per variant and k = 1..K, the accuracy of the ensemble of its first k seeds on validation and test."""
-    rows = [
-        {"variant": variant, "members": k, "val_accuracy": val, "test_accuracy": test}
-        for variant, score in scored.items()
-        for k, (val, test) in enumerate(
-            zip(*(analysis.ensemble_sizes(score.members[split], labels[split]) for split in ("validation", "test"))), start=1
-        )
-    ]
-    return pd.DataFrame(rows, columns=["variant", "members", "val_accuracy", "test_accuracy"])
-
-
-def where_they_differ(scored: dict[str, Scored], ensembles: dict[str, Ensemble], labels: np.ndarray) -> dict[str, pd.DataFrame]:
-    """On the test set, per variant: per-class precision, recall and F1 of its ensemble, with the mean
-    and 95% t-interval of its replicates' F1; calibration (ECE, NLL) of the ensemble and of the
-    replicates; the most confused digit pairs of the ensemble."""
-    per_class, calibration, pairs = [], [], []
-    for variant, ensemble in ensembles.items():
-        if ensemble.test is None:
-            continue
-        predicted = ensemble.test.argmax(axis=1)
-        classes = analysis.per_class(labels, predicted)
-        member_f1 = np.array([analysis.per_class(labels, member.argmax(axis=1))["f1"].to_numpy() for member in scored[variant].members["test"]])
-        intervals = [stats.mean_interval(member_f1[:, digit]) for digit in analysis.CLASSES]
-        per_class.append(classes.assign(
-            variant=variant, f1_replicate_mean=member_f1.mean(axis=0),
-            f1_replicate_ci_low=[low for low, _ in intervals], f1_replicate_ci_high=[high for _, high in intervals],
-        ))
-        members = [analysis.describe(member, labels) for member in scored[variant].members["test"]]
-        row = {"variant": variant, **{f"ensemble_{k}": v for k, v in analysis.describe(ensemble.test, labels).items()}}
-        for name in ("ece", "nll"):
-            values = [member[name] for member in members]
-            low, high = stats.mean_interval(values)
-            row.update({f"replicate_{name}_mean": float(np.mean(values)), f"replicate_{name}_ci_low": low, f"replicate_{name}_ci_high": high})
-        calibration.append(row)
-        pairs.append(analysis.confused_pairs(labels, predicted).assign(variant=variant))
-    return {
-        "per_class": pd.concat(per_class, ignore_index=True)[["variant", "digit", "precision", "recall", "f1", "support", "f1_replicate_mean", "f1_replicate_ci_low", "f1_replicate_ci_high"]],
-        "calibration": pd.DataFrame(calibration),
-        "confused_pairs": pd.concat(pairs, ignore_index=True)[["variant", "true", "predicted", "images"]],
-    }
-
-
 def write_differences(scored, ensembles, labels, champion: str, runner_up: str, images: np.ndarray) -> None:
     """reports/differences/: per-class, calibration and confused-pair tables; the champion's and the
     runner-up's confusion data (actual, predicted) for DVC's confusion template; the reliability
     diagram, the champion's most confident mistakes, the images on which the two disagree."""
-    for name, frame in where_they_differ(scored, ensembles, labels["test"]).items():
+    members = {variant: score.members["test"] for variant, score in scored.items()}
+    served = {variant: ensemble.test for variant, ensemble in ensembles.items()}
+    for name, frame in analysis.where_they_differ(members, served, labels["test"]).items():
         write_csv(frame, DIFFERENCES_DIR / f"{name}.csv")
     test = {name: ensembles[name].test for name in dict.fromkeys([champion, runner_up])}
     for role, name in (("champion", champion), ("runner_up", runner_up)):
@@ -490,7 +449,7 @@ def evaluate(params: Params) -> str:
     paragraph = comparison_paragraph(table, mcnemar, seeds, rule, params.champion.significance) + left_out(failures)
     write_comparison(table, replicates, paragraph, rule)
     summary = write_summaries(table, replicates, mcnemar, rule, failures)
-    write_csv(ensemble_size_table(scored, labels), REPORTS_DIR / "ensemble_size.csv")
+    write_csv(analysis.ensemble_size_table({variant: score.members for variant, score in scored.items()}, labels), REPORTS_DIR / "ensemble_size.csv")
     images = raw_pixels(splits["test"][0])
     write_differences(scored, ensembles, labels, name, runner_up, images)
     with atomic_write(EPOCHS_CSV, "w") as f:
