@@ -17,22 +17,18 @@ from pipeline.config import load_params
 from pipeline.data import DataError, load_split, raw_pixels
 from pipeline.paths import PROCESSED_DIR, SERVED_JSON, replicate_model_path, split_path
 
-COMPARISON = SERVED_JSON
-
-
 def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]]]:
     """The champion and, per variant, the seeds of the ensemble evaluate compared (its served.json)."""
     try:
-        summary = json.loads(COMPARISON.read_text())
+        summary = json.loads(SERVED_JSON.read_text())
         champion, ensembles = summary["champion"], summary["ensembles"]
     except FileNotFoundError:
-        raise DataError(f"{COMPARISON} is missing: run `dvc repro evaluate`") from None
+        raise DataError(f"{SERVED_JSON} is missing: run `dvc repro evaluate`") from None
     except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{COMPARISON} is not what evaluate writes ({type(error).__name__}): run `dvc repro -f evaluate`") from None
+        raise DataError(f"{SERVED_JSON} is not what evaluate writes ({type(error).__name__}): run `dvc repro -f evaluate`") from None
     if sorted(ensembles) != sorted(variants):
-        raise DataError(f"{COMPARISON} compares {sorted(ensembles)}, params.yaml has {sorted(variants)}: run `dvc repro`")
+        raise DataError(f"{SERVED_JSON} compares {sorted(ensembles)}, params.yaml has {sorted(variants)}: run `dvc repro`")
     return champion, ensembles
-
 
 def register() -> dict[str, int]:
     params = load_params()
@@ -54,10 +50,8 @@ def register() -> dict[str, int]:
     print(f"register: {len(versions)} variant{'s' * (len(versions) != 1)} in the registry, @champion = {champion} (version {versions[champion]}){restored}")
     return versions
 
-
 def main() -> None:
     register()
-
 
 if __name__ == "__main__":
     stage.run("register", main)
