@@ -17,6 +17,7 @@ from pipeline.config import load_params
 from pipeline.data import DataError, load_split, raw_pixels
 from pipeline.paths import PROCESSED_DIR, SERVED_JSON, replicate_model_path, split_path
 
+
 def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]]]:
     """The champion and, per variant, the seeds of the ensemble evaluate compared (its served.json)."""
     try:
@@ -29,6 +30,7 @@ def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]]]:
     if sorted(ensembles) != sorted(variants):
         raise DataError(f"{SERVED_JSON} compares {sorted(ensembles)}, params.yaml has {sorted(variants)}: run `dvc repro`")
     return champion, ensembles
+
 
 def register() -> dict[str, int]:
     params = load_params()
@@ -50,8 +52,10 @@ def register() -> dict[str, int]:
     print(f"register: {len(versions)} variant{'s' * (len(versions) != 1)} in the registry, @champion = {champion} (version {versions[champion]}){restored}")
     return versions
 
+
 def main() -> None:
     register()
+
 
 if __name__ == "__main__":
     stage.run("register", main)
