@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML, YAMLError
 
 from pipeline.data import IMAGE_PIXELS, NUM_CLASSES, TRAIN_IMAGES
@@ -53,6 +53,8 @@ MAX_HIDDEN_LAYERS = 20
 MAX_BATCH_SIZE = TRAIN_IMAGES  # no split holds more images
 MAX_LEARNING_RATE = 1_000.0  # finite in float32 with room to spare; no rate near it learns
 MAX_INIT_STDDEV = 100.0
+MAX_MAX_NORM = 100.0
+MAX_TRIALS = 10_000
 # What a variant's replicates may need at once (estimate_memory): a third of this machine's 24 GB,
 # leaving TensorFlow, the data and the operating system the rest.
 MEMORY_BUDGET_BYTES = 8 * 2**30
@@ -84,6 +86,10 @@ class FitSettings(_Section):
     epochs: PositiveInt = Field(le=MAX_EPOCHS)
     # XLA sums in another order than TensorFlow's kernels, so it belongs to what is learned.
     jit_compile: bool
+    # Two ingredients of the best permutation-invariant MNIST MLPs (Srivastava et al., 2014), off by
+    # default: Dropout on the input pixels, and a bound on the norm of each unit's incoming weights.
+    input_dropout: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
+    max_norm: Annotated[PositiveFloat, Field(le=MAX_MAX_NORM)] | None = None  # hidden kernels; None: unbounded
 
 
 class TrainParams(FitSettings):
@@ -134,13 +140,123 @@ class VariantSpec(FitSettings):
         return self
 
 
+def _range(name: str, bounds: list, log: bool = False) -> list:
+    """[low, high], low not above high; on a log scale, both above zero."""
+    if len(bounds) != 2:
+        raise ValueError(f"a range is [low, high] (got {bounds})")
+    low, high = bounds
+    if low > high:
+        raise ValueError(f"low {low} is above high {high}: write [low, high]")
+    if log and low <= 0:
+        raise ValueError(f"a log-scale range must stay above zero (got {bounds}): a learning rate of 0 learns nothing")
+    return bounds
+
+
+def _choice(values: list) -> list:
+    """One value at least, each once."""
+    if not values:
+        raise ValueError("an empty choice: list one value at least")
+    if len(set(map(repr, values))) != len(values):
+        raise ValueError(f"a choice lists each value once (got {values})")
+    return values
+
+
+SearchInitializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
+MIN_WIDTH, MAX_WIDTH = 32, 2048
+
+
+class SearchSpace(_Section):
+    """The designs the search samples: ranges are [low, high] (both included), choices are lists."""
+
+    depth: list[Annotated[int, Field(ge=1, le=MAX_HIDDEN_LAYERS)]]  # hidden layers
+    width: list[int]  # units per hidden layer, each layer its own: powers of two
+    batch_norm: list[bool]
+    dropout: list[Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]]  # after each hidden layer
+    input_dropout: list[Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]]
+    max_norm: list[Annotated[PositiveFloat, Field(le=MAX_MAX_NORM)] | None]  # null: unbounded
+    learning_rate: list[Annotated[float, Field(ge=0, le=MAX_LEARNING_RATE, allow_inf_nan=False)]]  # log scale
+    batch_size: list[PositiveInt]
+    epochs: list[Annotated[PositiveInt, Field(le=MAX_EPOCHS)]]
+    initializer: list[SearchInitializer]  # random_normal's stddevs are per variant: not searched
+
+    @field_validator("depth", "dropout", "input_dropout", "epochs")
+    @classmethod
+    def _is_range(cls, bounds: list, info) -> list:
+        return _range(info.field_name, bounds)
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _is_log_range(cls, bounds: list, info) -> list:
+        return _range(info.field_name, bounds, log=True)
+
+    @field_validator("width")
+    @classmethod
+    def _is_range_of_powers_of_two(cls, bounds: list, info) -> list:
+        _range(info.field_name, bounds)
+        if any(not MIN_WIDTH <= value <= MAX_WIDTH or value & (value - 1) for value in bounds):
+            raise ValueError(f"widths are powers of two from {MIN_WIDTH} to {MAX_WIDTH} (got {bounds})")
+        return bounds
+
+    @field_validator("batch_norm", "max_norm", "batch_size", "initializer")
+    @classmethod
+    def _is_choice(cls, values: list) -> list:
+        return _choice(values)
+
+
+# Optuna's study names and a storage URL: names users type, kept plain.
+StudyName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class PrunerParams(_Section):
+    """Optuna's median rule on the per-epoch validation accuracy: a trial below the median of the
+    trials before it, at the same epoch, stops there."""
+
+    startup_trials: int = Field(ge=0, le=MAX_TRIALS)  # trials that always finish, before any is stopped
+    warmup_epochs: int = Field(ge=0, le=MAX_EPOCHS)  # epochs every trial trains before it may be stopped
+
+
+class SearchParams(_Section):
+    """`make search`: an Optuna study over `space`, its top `promote` designs written into `variants`."""
+
+    study: StudyName
+    # null: a SQLite file of this checkout (data/search/optuna.db). A database URL (postgresql://...)
+    # shares the study between hosts; the environment variable OPTUNA_STORAGE overrides this.
+    storage: str | None
+    trials: PositiveInt = Field(le=MAX_TRIALS)  # in all, whatever the number of workers
+    timeout_minutes: PositiveFloat | None  # per worker: no new trial after this; null: none
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1)  # per trial, trained together
+    sampler_seed: int = Field(ge=0, le=2**32 - 1)
+    random_trials: int = Field(ge=0, le=MAX_TRIALS)  # TPE's first trials, drawn at random before it models the rest
+    heartbeat_seconds: PositiveInt = Field(le=3600)  # a running trial silent for twice this is failed
+    pruner: PrunerParams
+    promote: PositiveInt = Field(le=100)  # how many of the best designs `promote` writes into variants
+    space: SearchSpace
+
+    @model_validator(mode="after")
+    def _seeds_are_distinct(self) -> "SearchParams":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"search.seeds must be distinct (got {self.seeds})")
+        return self
+
+
+class PromotedCandidate(_Section):
+    """Where a promoted variant came from: its trial and the score the search gave it."""
+
+    study: StudyName
+    trial: int = Field(ge=0)
+    seeds: list[int] = Field(min_length=1)  # the search's seeds, none of them in train.seeds
+    val_accuracy: float = Field(ge=0, le=1)  # the trial's: its seeds' mean at the last epoch
+
+
 class Params(_Section):
     download: DownloadParams
     data: DataParams
     train: TrainParams
     speed: SpeedParams
     champion: ChampionParams
+    search: SearchParams
     variants: dict[VariantName, VariantSpec] = Field(min_length=1)
+    promoted: dict[VariantName, PromotedCandidate]
 
     @model_validator(mode="before")
     @classmethod
@@ -170,6 +286,20 @@ class Params(_Section):
             raise ValueError("\n  ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _search_is_apart(self) -> "Params":
+        """The search's seeds are not the confirmation's (its best would be scored on its own draws);
+        a promoted entry belongs to a variant."""
+        problems = []
+        if shared := sorted(set(self.search.seeds) & set(self.train.seeds)):
+            problems.append(f"search.seeds: {shared} also in train.seeds: the search's seeds must be others, so that its winners are confirmed on fresh draws")
+        for name in self.promoted:
+            if name not in self.variants:
+                problems.append(f"promoted.{name}: no variant of that name: remove this entry too, or put the variant back")
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
     def epochs(self, variant: str) -> int:
         """The epochs variant will train for: its own, capped by train.max_epochs."""
         epochs = self.variants[variant].epochs
@@ -193,14 +323,16 @@ def estimate_memory(spec: VariantSpec, seeds: int) -> int:
 
 def _fields_at(location: tuple) -> dict | None:
     """The keys allowed where `location` (a key's path, without the key itself) points, if a section."""
-    if not location:
-        return Params.model_fields
-    section = Params.model_fields.get(str(location[0]))
-    if location[0] == "variants":
-        return VariantSpec.model_fields if len(location) == 2 else None
-    if section is not None and len(location) == 1 and isinstance(section.annotation, type) and issubclass(section.annotation, BaseModel):
-        return section.annotation.model_fields
-    return None
+    named = {"variants": VariantSpec, "promoted": PromotedCandidate}  # sections keyed by a variant's name
+    if location[:1] and location[0] in named:
+        return named[location[0]].model_fields if len(location) == 2 else None
+    fields = Params.model_fields
+    for part in location:
+        annotation = fields[part].annotation if part in fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        fields = annotation.model_fields
+    return fields
 
 
 def _where_written(location: tuple, raw: object) -> tuple:

@@ -26,6 +26,7 @@ from pipeline.paths import (
     DIFFERENCES_DIR,
     EPOCHS_CSV,
     PROCESSED_DIR,
+    PROMOTED_CSV,
     REPORTS_DIR,
     SERVED_JSON,
     replicate_history_path,
@@ -361,18 +362,73 @@ def version_description(row: pd.Series, seeds: list[int], champion: str, rule: s
     )
 
 
+PROMOTED_COLUMNS = [
+    "variant", "study", "trial", "search_seeds", "search_val_accuracy", "val_accuracy_mean", "val_accuracy_ci_low",
+    "val_accuracy_ci_high", "overstatement", "ensemble_val_accuracy", "ensemble_test_accuracy", "rank",
+]
+
+
+def promoted_table(params: Params, table: pd.DataFrame) -> pd.DataFrame:
+    """Each promoted variant's score in the search (the mean of the search's seeds) beside its
+    confirmed one (the mean over train.seeds, fresh draws, with its 95% t-interval): the search's
+    overstatement of it, in accuracy (positive: the search promised more than it delivers)."""
+    rows = []
+    by_variant = table.set_index("variant")
+    for variant, origin in params.promoted.items():
+        confirmed = by_variant.loc[variant]
+        rows.append(
+            {
+                "variant": variant,
+                "study": origin.study,
+                "trial": origin.trial,
+                "search_seeds": " ".join(map(str, origin.seeds)),
+                "search_val_accuracy": origin.val_accuracy,
+                "val_accuracy_mean": confirmed["val_accuracy_mean"],
+                "val_accuracy_ci_low": confirmed["val_accuracy_ci_low"],
+                "val_accuracy_ci_high": confirmed["val_accuracy_ci_high"],
+                "overstatement": origin.val_accuracy - confirmed["val_accuracy_mean"],
+                "ensemble_val_accuracy": confirmed["ensemble_val_accuracy"],
+                "ensemble_test_accuracy": confirmed["ensemble_test_accuracy"],
+                "rank": int(table.index[table["variant"] == variant][0]) + 1,
+            }
+        )
+    return pd.DataFrame(rows, columns=PROMOTED_COLUMNS)
+
+
+def promoted_paragraph(promoted: pd.DataFrame, seeds: list[int], count: int) -> str:
+    """What the search promised for each promoted design, and what the confirmation found."""
+    if promoted.empty:
+        return ""
+    lines = [
+        "## Promoted from the search",
+        "",
+        f"Each design's score in the search is the mean validation accuracy of its trial's seeds, the best of the "
+        f"trials the search ran; confirmed is the mean over seeds {', '.join(map(str, seeds))}, which the search never "
+        "saw, with its 95% t-interval over seeds. Overstatement: the search's score minus the confirmed mean.",
+        "",
+    ]
+    shown = promoted.assign(
+        overstatement=[f"{value * 100:+.2f} points" for value in promoted["overstatement"]],
+        rank=[f"{rank} of {count}" for rank in promoted["rank"]],
+    )
+    lines.append(shown.to_markdown(index=False, floatfmt=".4f"))
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(frame: pd.DataFrame, path) -> None:
     with atomic_write(path, "w") as f:
         frame.to_csv(f, index=False, float_format="%.6g")
 
 
-def write_comparison(table: pd.DataFrame, replicates: pd.DataFrame, paragraph: str, rule: str) -> None:
+def write_comparison(table: pd.DataFrame, replicates: pd.DataFrame, paragraph: str, rule: str, promoted: str = "") -> None:
     """comparison.csv, .md and .png."""
     write_csv(table[COLUMNS], REPORTS_DIR / "comparison.csv")
     with atomic_write(REPORTS_DIR / "comparison.md", "w") as f:
         f.write(paragraph + "\n\n")
         shown = table[COLUMNS].astype(object).where(table[COLUMNS].notna(), None)  # empty cells, not nan
         f.write(shown.to_markdown(index=False, floatfmt=MARKDOWN_FORMATS, missingval="") + "\n")
+        if promoted:
+            f.write("\n" + promoted)
     chart = plots.comparison_chart(table, replicates, table["variant"][0], tied_variants(table), rule)
     plots.save_png(chart, REPORTS_DIR / "comparison.png")
 
@@ -447,7 +503,9 @@ def evaluate(params: Params) -> str:
     only_champion, only_runner_up, p_value = stats.mcnemar_exact(correct[name], correct[runner_up])
     mcnemar = {"runner_up": runner_up, "only_champion": only_champion, "only_runner_up": only_runner_up, "p_value": p_value}
     paragraph = comparison_paragraph(table, mcnemar, seeds, rule, params.champion.significance) + left_out(failures)
-    write_comparison(table, replicates, paragraph, rule)
+    promoted = promoted_table(params, table)
+    write_csv(promoted, PROMOTED_CSV)
+    write_comparison(table, replicates, paragraph, rule, promoted_paragraph(promoted, seeds, len(table)))
     summary = write_summaries(table, replicates, mcnemar, rule, failures)
     write_csv(analysis.ensemble_size_table({variant: score.members for variant, score in scored.items()}, labels), REPORTS_DIR / "ensemble_size.csv")
     images = raw_pixels(splits["test"][0])

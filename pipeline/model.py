@@ -31,6 +31,9 @@ OPTIMIZERS = {
 SEED_STRIDE = 1000
 
 
+INPUT_LAYER = SEED_STRIDE - 1  # the input Dropout's seed slot: no hidden layer reaches it (MAX_HIDDEN_LAYERS)
+
+
 def layer_seed(seed: int, layer: int) -> int:
     return seed * SEED_STRIDE + layer
 
@@ -62,17 +65,24 @@ class ThreefryDropout(keras.layers.Dropout):
 
 
 def build_network(spec: VariantSpec, seed: int, name: str = "mlp", for_xla_training: bool = False) -> keras.Sequential:
-    """Dense -> [BatchNormalization] -> [Dropout] per hidden layer, then a softmax layer; not compiled.
+    """[Dropout of the pixels], then Dense -> [BatchNormalization] -> [Dropout] per hidden layer (the
+    Dense kernels under a MaxNorm constraint if the spec bounds them), then a softmax layer; not compiled.
 
     for_xla_training swaps in ThreefryDropout, the one difference between what trains and what is saved.
     """
     dropout_layer = ThreefryDropout if for_xla_training else keras.layers.Dropout
     layers: list[keras.layers.Layer] = [keras.Input(shape=(IMAGE_PIXELS,), name="pixels")]
+    if spec.input_dropout:
+        layers.append(dropout_layer(spec.input_dropout, seed=layer_seed(seed, INPUT_LAYER), name="input_dropout"))
     for index, units in enumerate(spec.hidden_layers):
         number = index + 1
         kernel_initializer = hidden_initializer(spec, seed, index)
+        # Each unit's incoming weights (the kernel's column, axis 0) rescaled after every step to norm <= max_norm.
+        constraint = keras.constraints.MaxNorm(spec.max_norm, axis=0) if spec.max_norm else None
         layers.append(
-            keras.layers.Dense(units, activation=spec.activation, kernel_initializer=kernel_initializer, name=f"hidden_{number}")
+            keras.layers.Dense(
+                units, activation=spec.activation, kernel_initializer=kernel_initializer, kernel_constraint=constraint, name=f"hidden_{number}"
+            )
         )
         if spec.batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{number}"))

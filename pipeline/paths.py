@@ -18,6 +18,9 @@ TRAIN_REPORTS_DIR = REPORTS_DIR / "train"
 HISTORY_DIR = REPORTS_DIR / "history"  # every replicate's per-epoch history
 SERVED_JSON = REPORTS_DIR / "served.json"  # the champion and each variant's ensemble: what register serves
 DIFFERENCES_DIR = REPORTS_DIR / "differences"  # where the variants differ: per class, calibration, confusion, mistakes
+SEARCH_DB = Path("data/search/optuna.db")  # the search's own Optuna storage unless one is shared (docs/search.md)
+SEARCH_REPORTS_DIR = REPORTS_DIR / "search"  # the trials' table and Optuna's figures
+PROMOTED_CSV = REPORTS_DIR / "promoted.csv"  # each promoted design's score in the search beside its confirmed one
 EPOCHS_CSV = REPORTS_DIR / "epochs.csv"  # per variant and epoch, the seeds' mean and band: dvc.yaml overlays the variants
 
 

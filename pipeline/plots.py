@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -138,3 +140,30 @@ def image_grid(images: np.ndarray, captions: list[str], title: str, columns: int
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def search_figures(study) -> dict[str, plt.Figure]:
+    """Optuna's own figures of a study, drawn by matplotlib (offline): the optimisation history, the
+    parameters' importances (fANOVA) and every trial's per-epoch value. One that cannot be drawn yet
+    (importances need two finished trials that differ) is left out, and said."""
+    from optuna.visualization import matplotlib as optuna_plots  # the search's only: not every stage's import
+
+    drawers = {
+        "optimization_history.png": optuna_plots.plot_optimization_history,
+        "param_importances.png": optuna_plots.plot_param_importances,
+        "intermediate_values.png": optuna_plots.plot_intermediate_values,
+    }
+    figures = {}
+    for name, draw in drawers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib figures experimental
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                print(f"search: no {name} yet ({error})")
+                continue
+        figure = np.ravel(axes)[0].figure
+        figure.set_size_inches(9, 5)
+        figure.tight_layout()
+        figures[name] = figure
+    return figures

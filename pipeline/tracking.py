@@ -34,6 +34,10 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 EXPERIMENT = "mnist-mlp"
 EVALUATION_EXPERIMENT = "mnist-mlp-evaluation"  # evaluate's runs: kept out of the list of training runs
+SEARCH_EXPERIMENT = "mnist-mlp-search"  # `make search`: a run per study, a child run per trial
+STUDY_TAG, TRIAL_TAG, STATE_TAG = "optuna_study", "optuna_trial", "state"
+# A trial's Optuna state, and the MLflow status its run ends with (a pruned trial was stopped early: KILLED).
+TRIAL_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 CHAMPION_TAG = "champion"
 COMPARISON_TAG = "comparison"  # on a variant's run: the evaluate run that compared it last
 FAILURE_TAG = "failure"  # on a FAILED replicate's run: why (a diverged loss, and the epoch)
@@ -57,6 +61,14 @@ EXPERIMENT_DESCRIPTIONS = {
         "`comparison`), the best ensemble on validation first, and the compare view of those runs (parallel "
         "coordinates of `depth`, `width`, `dropout` against the test accuracy). "
         f"Each comparison is a run of the experiment `{EVALUATION_EXPERIMENT}`, with its table."
+    ),
+    SEARCH_EXPERIMENT: (
+        "`make search`: one run per Optuna study, shared by every worker on every host, with the search's "
+        "settings, its best trial (`best_val_accuracy`) and Optuna's figures (optimisation history, parameter "
+        "importances, per-epoch values); a child run per trial with its design, its seeds' mean validation "
+        "accuracy per epoch (`val_accuracy`) and its state (tag `state`: complete, pruned or failed; pruned "
+        "runs end KILLED). The search reads the train and validation splits only. Its best designs, once "
+        f"promoted, are trained and compared in `{EXPERIMENT}`."
     ),
     EVALUATION_EXPERIMENT: (
         "One run per `evaluate` stage: the comparison of the variants (`comparison.json`, `comparison.md`, "
@@ -309,3 +321,65 @@ def log_classifier_evaluation(run_id: str, labels: np.ndarray, predicted: np.nda
             evaluator_config={"log_model_explainability": False, "label_list": list(range(10))},
         )
     evaluator_log.setLevel(level)
+
+
+def search_run(study: str, params: dict) -> str:
+    """The search's run: one per study, whichever worker on whichever host starts first. Two
+    workers starting at once may both create one: the later deletes its own and joins the first."""
+    check_store_fits_workspace()
+    use_experiment(SEARCH_EXPERIMENT)
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(SEARCH_EXPERIMENT).experiment_id
+
+    def first() -> str | None:
+        runs = client.search_runs([experiment_id], f"tags.{STUDY_TAG} = '{study}'", order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    if (existing := first()) is None:
+        mine = client.create_run(experiment_id, run_name=study, tags={STUDY_TAG: study, "git_commit": git_commit()}).info.run_id
+        client.log_batch(mine, params=[Param(key, value) for key, value in _logged_params(params).items()])
+        existing = first()
+        if existing != mine:
+            client.delete_run(mine)
+    client.update_run(existing, "RUNNING")  # again, when a worker joins a finished study
+    return existing
+
+
+def trial_run(search: str, study: str, number: int, params: dict) -> str:
+    """A child run of the search's for one trial, with its design: its run id."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(search).info.experiment_id
+    tags = {"mlflow.parentRunId": search, STUDY_TAG: study, TRIAL_TAG: str(number), STATE_TAG: "running", **process_tags()}
+    run_id = client.create_run(experiment_id, run_name=f"trial {number}", tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(key, value) for key, value in _logged_params(params).items()])
+    return run_id
+
+
+def log_trial_epoch(run_id: str, epoch: int, metrics: dict[str, float]) -> None:
+    """One epoch of a trial (step = epoch, 1-based): what the pruner judged it on."""
+    timestamp = int(time.time() * 1000)
+    batch = [Metric(name, float(value), timestamp, epoch) for name, value in metrics.items() if np.isfinite(value)]
+    mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+
+
+def end_trial_run(run_id: str, state: str, value: float | None = None, note: str | None = None) -> None:
+    """A trial's run ends with its state (complete, pruned, failed), its value if it has one, and why."""
+    client = mlflow.MlflowClient()
+    if value is not None and np.isfinite(value):
+        client.log_metric(run_id, "objective", value)
+    client.set_tag(run_id, STATE_TAG, state)
+    if note:
+        client.set_tag(run_id, "mlflow.note.content", note)
+    client.set_terminated(run_id, TRIAL_STATUS[state])
+
+
+def record_search(search: str, metrics: dict[str, float], files: list[Path], finished: bool) -> None:
+    """What a worker leaves in the search's run when it stops: the best so far, the figures and the
+    trials' table; the run ends FINISHED once no trial of the study is running."""
+    client = mlflow.MlflowClient()
+    timestamp = int(time.time() * 1000)
+    client.log_batch(search, metrics=[Metric(name, value, timestamp, 0) for name, value in metrics.items() if np.isfinite(value)])
+    for path in files:
+        client.log_artifact(search, str(path))
+    if finished:
+        client.set_terminated(search, "FINISHED")

@@ -66,14 +66,27 @@ def stage_module(stage: dict) -> str:
     return re.fullmatch(r"python -m pipeline\.(\w+)( .*)?", stage["cmd"]).group(1)
 
 
-def test_the_import_graph_has_no_cycle_and_no_stage_imports_a_stage():
+# Commands that are not DVC stages: `make search` runs them (docs/search.md).
+SEARCH_COMMANDS = {"search", "promote"}
+
+
+def test_the_import_graph_has_no_cycle_and_no_command_imports_a_command():
     graph = {module: package_imports(module) for module in all_modules()}
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
     assert set(order) == set(graph)
     stage_modules = {stage_module(stage) for stage in stages().values()}
     assert stage_modules == {"validate", "download", "preprocess", "train", "evaluate", "register"}
-    importers = {module: sorted(m for m, imports in graph.items() if module in imports) for module in stage_modules}
-    assert importers == {module: [] for module in stage_modules}
+    commands = stage_modules | SEARCH_COMMANDS
+    importers = {module: sorted(m for m, imports in graph.items() if module in imports) for module in commands}
+    assert importers == {module: [] for module in commands}
+
+
+def test_no_stage_runs_or_reads_the_search():
+    """The search runs only when asked: no stage imports its code or lists its section."""
+    for name, stage in stages().items():
+        run = files_run_by(stage_module(stage))
+        assert not run & {"search.py", "promote.py", "studies.py"}, name
+        assert not any(str(param).startswith("search") for param in stage.get("params", [])), name
 
 
 def test_every_stage_depends_on_exactly_the_package_files_it_runs():

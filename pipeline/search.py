@@ -1,0 +1,240 @@
+"""`make search`: an Optuna study over MLP designs, on the train and validation splits only.
+
+Each trial samples a design from `search.space`, trains its `search.seeds` together through the
+project's own training code, and reports its seeds' mean validation accuracy every epoch to a
+median pruner, which stops hopeless trials early. The trial's score is that mean at its last epoch.
+
+The study lives in an Optuna storage: this checkout's SQLite file by default, or a database every
+worker on every host shares (`search.storage`, or OPTUNA_STORAGE): the same command started again,
+here or elsewhere, joins the study. `search.trials` counts trials across all workers. A worker that
+dies mid-trial stops its heartbeat: the next worker to start a trial marks it failed and runs its
+design again, once.
+
+    python -m pipeline.search
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from pipeline import plots, stage, studies, tracking, training
+from pipeline.config import Params, SearchSpace, VariantSpec, load_params
+from pipeline.data import load_split
+from pipeline.errors import PipelineError, without_credentials
+from pipeline.files import atomic_write
+from pipeline.paths import PROCESSED_DIR, SEARCH_REPORTS_DIR, split_path
+
+# What counts against search.trials: every trial started, but the failed ones (a failure is retried,
+# once); a queued (WAITING) trial counts once a worker starts it.
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class TrialFailed(PipelineError):
+    """A trial that cannot be scored: a replicate diverged, or the worker's time ran out mid-trial."""
+
+
+def suggest_design(trial: optuna.Trial, space: SearchSpace) -> dict:
+    """A design drawn from the space: each hidden layer's width a power of two (its exponent sampled);
+    rates kept to two decimals and the learning rate to three significant digits, as a person writes them."""
+    depth = trial.suggest_int("depth", *space.depth)
+    low, high = (int(np.log2(width)) for width in space.width)
+    widths = [2 ** trial.suggest_int(f"log2_width_{layer}", low, high) for layer in range(1, depth + 1)]
+
+    def rate(name: str, bounds: list[float]) -> float:
+        return float(np.clip(round(trial.suggest_float(name, *bounds), 2), *bounds))
+
+    return {
+        "hidden_layers": widths,
+        "batch_norm": trial.suggest_categorical("batch_norm", space.batch_norm),
+        "dropout": rate("dropout", space.dropout),
+        "input_dropout": rate("input_dropout", space.input_dropout),
+        "max_norm": trial.suggest_categorical("max_norm", space.max_norm),
+        "learning_rate": float(f"{trial.suggest_float('learning_rate', *space.learning_rate, log=True):.3g}"),
+        "batch_size": trial.suggest_categorical("batch_size", space.batch_size),
+        "epochs": trial.suggest_int("epochs", *space.epochs),
+        "initializer": trial.suggest_categorical("initializer", space.initializer),
+    }
+
+
+def candidate_spec(params: Params, design: dict) -> VariantSpec:
+    """The variant a design is: train's settings with the design's values (validated like any variant)."""
+    shared = {key: value for key, value in params.train.model_dump().items() if key in VariantSpec.model_fields}
+    return VariantSpec.model_validate({**shared, **design, "init_stddev": None})
+
+
+def design_name(spec: VariantSpec, number: int) -> str:
+    """A variant name that reads as its design, and the trial it came from: mlp-1024-512-bn-drop30-in20-norm3-t17."""
+    parts = ["mlp", *map(str, spec.hidden_layers)]
+    parts += ["bn"] if spec.batch_norm else []
+    parts += [f"drop{round(100 * spec.dropout)}"] if round(100 * spec.dropout) else []
+    parts += [f"in{round(100 * spec.input_dropout)}"] if round(100 * spec.input_dropout) else []
+    parts += [f"norm{spec.max_norm:g}".replace(".", "p")] if spec.max_norm else []
+    return "-".join([*parts, f"t{number}"])
+
+
+def trial_params(params: Params, name: str, spec: VariantSpec) -> Params:
+    """params as the training code reads them, for one trial: its one variant, the search's seeds."""
+    train = params.train.model_copy(update={"seeds": params.search.seeds, "max_epochs": 0, "strategy": "none"})
+    return params.model_copy(update={"train": train, "variants": {name: spec}})
+
+
+class ReportEachEpoch(keras.callbacks.Callback):
+    """Each epoch: the seeds' mean validation accuracy to the trial's MLflow run and to the pruner,
+    which may stop the trial there; past the worker's deadline the trial stops too."""
+
+    def __init__(self, trial: optuna.Trial, run_id: str, seeds: list[int], deadline: float):
+        super().__init__()
+        self.trial, self.run_id, self.seeds, self.deadline = trial, run_id, seeds, deadline
+        self.values: list[float] = []
+        self.pruned_at = self.out_of_time_at = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        per_seed = training.split_logs(logs or {}, self.seeds)
+        accuracy = float(np.mean([per_seed[seed]["val_accuracy"] for seed in self.seeds]))
+        metrics = {
+            "val_accuracy": accuracy,
+            "val_loss": float(np.mean([per_seed[seed]["val_loss"] for seed in self.seeds])),
+            **{f"val_accuracy_seed_{seed}": per_seed[seed]["val_accuracy"] for seed in self.seeds},
+        }
+        tracking.log_trial_epoch(self.run_id, epoch + 1, metrics)
+        self.values.append(accuracy)
+        self.trial.report(accuracy, epoch + 1)
+        if epoch + 1 == self.params["epochs"]:  # finished: nothing left to stop
+            return
+        if self.trial.should_prune():
+            self.pruned_at, self.model.stop_training = epoch + 1, True
+        elif time.monotonic() > self.deadline:
+            self.out_of_time_at, self.model.stop_training = epoch + 1, True
+
+
+def counted_before(study: optuna.Study, number: int) -> int:
+    """Trials numbered below `number` that count against the budget (Optuna numbers them atomically)."""
+    return sum(1 for trial in study.get_trials(deepcopy=False, states=COUNTED) if trial.number < number)
+
+
+def objective_for(params: Params, search_run: str, splits: tuple, deadline: float):
+    search = params.search
+    strategy = training.distribution_strategy("none")
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial: optuna.Trial) -> float:
+        if counted_before(trial.study, trial.number) >= search.trials:  # another worker took the last one
+            trial.study.stop()
+            raise TrialFailed(f"beyond the budget of {search.trials} trials (another worker started the last one): not run")
+        spec = candidate_spec(params, suggest_design(trial, search.space))
+        name = design_name(spec, trial.number)
+        logged = {**spec.model_dump(), "variant": name, "seeds": search.seeds}
+        run_id = tracking.trial_run(search_run, search.study, trial.number, logged)
+        for key, value in {"variant": name, "spec": spec.model_dump(), "mlflow_run_id": run_id, "worker": worker}.items():
+            trial.set_user_attr(key, value)
+        reporter = ReportEachEpoch(trial, run_id, search.seeds, deadline)
+        guard = training.StopOnDivergence(search.seeds)
+        print(f"search: trial {trial.number} {name}: {spec.epochs} epochs at most, seeds {search.seeds}")
+        started = time.perf_counter()
+        try:
+            training.train_group(trial_params(params, name, spec), name, search.seeds, strategy, *splits, [reporter, guard], verbose=0)
+        except BaseException as error:  # Ctrl-C, SIGTERM, out of memory: Optuna marks the trial failed
+            tracking.end_trial_run(run_id, "failed", note=f"Failed: {type(error).__name__}: {error}")
+            raise
+        finally:
+            keras.backend.clear_session()  # one graph per trial, not all of them
+        seconds = time.perf_counter() - started
+        trial.set_user_attr("train_seconds", round(seconds, 1))
+        trial.set_user_attr("epochs_trained", len(reporter.values))
+        if guard.diverged:
+            seed, (epoch, reason) = next(iter(guard.diverged.items()))
+            tracking.end_trial_run(run_id, "failed", note=f"Failed: seed {seed}'s {reason}")
+            raise TrialFailed(f"seed {seed}'s {reason}")
+        if reporter.out_of_time_at:
+            note = f"Failed: the worker's time (search.timeout_minutes) ran out at epoch {reporter.out_of_time_at} of {spec.epochs}"
+            tracking.end_trial_run(run_id, "failed", note=note)
+            raise TrialFailed(note.removeprefix("Failed: "))
+        if reporter.pruned_at:
+            note = f"Pruned at epoch {reporter.pruned_at}: validation accuracy {reporter.values[-1]:.4f}, below the median of earlier trials there"
+            tracking.end_trial_run(run_id, "pruned", reporter.values[-1], note)
+            print(f"search: trial {trial.number} {note.lower()} ({seconds:.0f} s)")
+            raise optuna.TrialPruned(note)
+        value = reporter.values[-1]
+        tracking.end_trial_run(run_id, "complete", value, f"Complete: mean validation accuracy {value:.4f} over seeds {search.seeds}")
+        print(f"search: trial {trial.number} {name}: val_accuracy {value:.4f} ({seconds:.0f} s)")
+        return value
+
+    return objective
+
+
+def trials_table(study: optuna.Study):
+    """Every trial of the study, best first: its design, state, score and time (pandas)."""
+    table = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
+    keep = {
+        "number": "trial", "user_attrs_variant": "variant", "state": "state", "value": "val_accuracy",
+        "user_attrs_epochs_trained": "epochs_trained", "user_attrs_train_seconds": "train_seconds", "user_attrs_worker": "worker",
+    }
+    keep.update({column: column.removeprefix("params_") for column in table.columns if column.startswith("params_")})
+    table = table[[column for column in keep if column in table.columns]].rename(columns=keep)
+    return table.sort_values(["val_accuracy", "trial"], ascending=[False, True], na_position="last")
+
+
+def write_reports(study: optuna.Study, directory: Path = SEARCH_REPORTS_DIR) -> list[Path]:
+    """reports/search/: the trials' table and Optuna's own figures (PNG: they draw offline)."""
+    written = [directory / "trials.csv"]
+    with atomic_write(written[0], "w") as f:
+        trials_table(study).to_csv(f, index=False)
+    for name, figure in plots.search_figures(study).items():
+        plots.save_png(figure, directory / name)
+        written.append(directory / name)
+    return written
+
+
+def search(params: Params, processed_dir: Path = PROCESSED_DIR) -> optuna.Study:
+    settings = params.search
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module's lines say what each trial did
+    storage = studies.open_storage(settings)  # an unreachable storage stops here, before any data is read
+    splits = (load_split(split_path("train", processed_dir)), load_split(split_path("validation", processed_dir)))
+    sampler = optuna.samplers.TPESampler(n_startup_trials=settings.random_trials, seed=settings.sampler_seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner.startup_trials, n_warmup_steps=settings.pruner.warmup_epochs)
+    study = optuna.create_study(
+        study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
+    )
+    counted = len(study.get_trials(deepcopy=False, states=COUNTED))
+    search_run = tracking.search_run(settings.study, {**settings.model_dump(exclude={"storage", "space"}), **settings.space.model_dump()})
+    print(f"search: study {settings.study} in {without_credentials(studies.storage_url(settings)[0])}: {counted} of {settings.trials} trials so far")
+    timeout = settings.timeout_minutes * 60 if settings.timeout_minutes else None
+    deadline = time.monotonic() + (timeout or float("inf"))
+    if counted < settings.trials:
+        study.optimize(
+            objective_for(params, search_run, splits, deadline),
+            timeout=timeout,
+            catch=(TrialFailed,),
+            # Stop when the budget is taken, by any worker; or when as many trials failed.
+            callbacks=[MaxTrialsCallback(settings.trials, states=COUNTED), MaxTrialsCallback(settings.trials, states=(TrialState.FAIL,))],
+            gc_after_trial=True,
+        )
+    files = write_reports(study)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = {"best_val_accuracy": study.best_value, "best_trial": study.best_trial.number} if complete else {}
+    states = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    tracking.record_search(search_run, {**best, **{f"trials_{name}": count for name, count in states.items()}}, files, finished=not running)
+    summary = ", ".join(f"{count} {name}" for name, count in states.items())
+    if complete:
+        print(f"search: {summary}; best trial {study.best_trial.number} ({study.best_trial.user_attrs['variant']}): val_accuracy {study.best_value:.4f}")
+    else:
+        print(f"search: {summary}; no trial complete yet")
+    return study
+
+
+def main() -> None:
+    search(load_params())
+
+
+if __name__ == "__main__":
+    stage.run("search", main)
