@@ -3,12 +3,22 @@ VENV := .venv
 # DVC runs each stage's `python` from PATH: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline test setup ui plots system-packages
+.PHONY: pipeline search test setup ui plots system-packages
 # validate first, outside DVC too: where DVC itself would refuse params.yaml (a variant named `../x`
 # makes output paths overlap), the mistake is said in the pipeline's words.
 pipeline: setup
 	python -m pipeline.validate
 	dvc repro
+
+# Only when asked, never by `dvc repro` (docs/search.md): the Optuna study of search.* on the train
+# and validation splits, then its best search.promote designs written into params.yaml as variants,
+# which the next `make pipeline` trains with train.seeds and compares with the rest. Started again,
+# here or on another host sharing its storage, it joins the same study.
+search: setup
+	python -m pipeline.validate
+	dvc repro preprocess
+	python -m pipeline.search
+	python -m pipeline.promote
 
 test: setup system-packages
 	python -m pytest

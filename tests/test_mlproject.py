@@ -9,7 +9,7 @@ from conftest import REPO_ROOT, copy_of_repository, run_in
 def test_every_stage_has_an_entry_point():
     project = yaml.safe_load((REPO_ROOT / "MLproject").read_text())
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(project["entry_points"]) == {"main", "serve", *stages}
+    assert set(project["entry_points"]) == {"main", "serve", "search", "promote", *stages}
 
 
 def test_mlflow_run_makes_the_stage_run_a_child_of_its_own(tmp_path):
