@@ -93,3 +93,47 @@ def test_violins_show_the_dense_kernels_of_a_batch_norm_model(default_params):
     low, high = axis.get_ylim()
     everything = np.concatenate([np.asarray(kernel).ravel() for kernel in kernels.values()])
     assert low <= everything.min() < -1.0 and high >= everything.max() > 1.0
+
+
+def test_max_norm_bounds_each_hidden_units_incoming_weights(default_params):
+    """After training steps at a large learning rate, every column of every hidden kernel has norm <= c
+    (numpy's norm), where the same network unbounded exceeds it; the softmax layer is left free."""
+    from pipeline.model import build_network
+
+    spec = default_params.variants["mlp-256-64"].model_copy(update={"max_norm": 0.5, "learning_rate": 0.05})
+    rng = np.random.default_rng(0)
+    x, y = rng.random((512, 784), dtype=np.float32), keras.utils.to_categorical(rng.integers(0, 10, 512), 10)
+    norms = {}
+    for bound in (0.5, None):
+        network = build_network(spec.model_copy(update={"max_norm": bound}), seed=0)
+        network.compile(optimizer=keras.optimizers.Adam(0.05), loss="categorical_crossentropy")
+        network.fit(x, y, batch_size=64, epochs=2, verbose=0)
+        norms[bound] = {name: np.linalg.norm(np.asarray(kernel), axis=0).max() for name, kernel in dense_kernels(network).items()}
+    assert max(norms[0.5]["hidden_1"], norms[0.5]["hidden_2"]) <= 0.5 + 1e-5
+    assert min(norms[None]["hidden_1"], norms[None]["hidden_2"]) > 0.5  # the bound bit
+    assert network.get_layer("digit").kernel_constraint is None
+
+
+@pytest.mark.parametrize("for_xla_training", [False, True])
+def test_input_dropout_drops_pixels_before_the_first_layer(default_params, for_xla_training):
+    from pipeline.model import ThreefryDropout, build_network
+
+    spec = default_params.variants["mlp-256-64"].model_copy(update={"input_dropout": 0.25})
+    network = build_network(spec, seed=3, for_xla_training=for_xla_training)
+    first = network.layers[0]
+    assert first.name == "input_dropout" and type(first) is (ThreefryDropout if for_xla_training else keras.layers.Dropout)
+    import tensorflow as tf
+
+    drop = tf.function(lambda x: first(x, training=True), jit_compile=True)  # ThreefryDropout trains under XLA only
+    kept = drop(tf.ones((200, 784))).numpy()
+    assert set(np.unique(kept)) == {0.0, np.float32(1 / 0.75)}  # dropped, or scaled up by 1 / (1 - rate)
+    assert abs((kept == 0).mean() - 0.25) < 0.01  # 156,800 Bernoulli(0.25) draws: sd 0.0011
+    assert np.array_equal(np.asarray(first(np.ones((2, 784)), training=False)), np.ones((2, 784)))
+
+
+def test_a_spec_without_the_search_settings_builds_the_layers_it_always_did(default_params):
+    network = build_model(default_params.variants["mlp-256-64-bn-dropout"], 0)
+    assert [layer.name for layer in network.layers] == [
+        "hidden_1", "batch_norm_1", "dropout_1", "hidden_2", "batch_norm_2", "dropout_2", "digit"
+    ]
+    assert all(layer.kernel_constraint is None for layer in network.layers if isinstance(layer, keras.layers.Dense))

@@ -4,6 +4,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -163,3 +164,46 @@ def test_data_travel_to_a_teammate_through_a_dvc_remote(tmp_path):
     for name in ("data/raw/mnist.npz", "data/processed/train.npz", "data/processed/test.npz"):
         assert (teammate / name).read_bytes() == (repo / name).read_bytes()
     assert "Data and pipelines are up to date" in run("dvc", "repro", "preprocess", cwd=teammate)
+
+
+def test_two_workers_share_one_study_on_postgresql_and_run_each_trial_once(tmp_path, postgres_uri, shared_server, canonical_npz):
+    """`make search`'s worker started twice, as on two hosts, against one PostgreSQL (a database of its
+    own: Optuna's and MLflow's schemas both keep an alembic_version table) and the team's MLflow server."""
+    import optuna
+    import psycopg
+    from optuna.trial import TrialState
+
+    from test_reliability import edit_params, small_repo
+    from test_search import small_search
+
+    url, _ = shared_server
+    with psycopg.connect(postgres_uri, autocommit=True) as connection:
+        connection.execute("CREATE DATABASE optuna")
+    storage = postgres_uri.rsplit("/", 1)[0] + "/optuna"
+    repo = small_repo(tmp_path, canonical_npz)
+
+    def shared_study(params):
+        small_search(params, study="shared", trials=6, epochs=(2, 2))
+        params["search"]["pruner"]["startup_trials"] = 6  # every trial finishes: each must run exactly once
+
+    edit_params(repo, shared_study)
+    env = user_env(MLFLOW_TRACKING_URI=url, OPTUNA_STORAGE=storage)
+    workers = [subprocess.Popen([sys.executable, "-m", "pipeline.search"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+
+    trials = optuna.load_study(study_name="shared", storage=storage.replace("postgresql://", "postgresql+psycopg://")).trials
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    # Two workers finishing at the same instant may both start one more: it is refused, never run.
+    assert all("beyond the budget" in trial.system_attrs["fail_reason"] for trial in trials if trial.state != TrialState.COMPLETE)
+    assert len({trial.user_attrs["worker"] for trial in complete}) == 2  # both worked
+
+    client = mlflow.MlflowClient(tracking_uri=url)
+    experiment = client.get_experiment_by_name("mnist-mlp-search")
+    runs = client.search_runs([experiment.experiment_id], "tags.optuna_study = 'shared'")
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = sorted(int(run.data.tags["optuna_trial"]) for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id)
+    assert children == sorted(trial.number for trial in complete)  # each trial once, none lost
+    assert {run.data.tags["state"] for run in runs if "mlflow.parentRunId" in run.data.tags} == {"complete"}
