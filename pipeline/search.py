@@ -23,6 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import optuna
+import pandas as pd
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -39,7 +40,14 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 class TrialFailed(PipelineError):
-    """A trial that cannot be scored: a replicate diverged, or the worker's time ran out mid-trial."""
+    """A trial that cannot be scored: a replicate diverged, the worker's time ran out mid-trial, or
+    the budget was taken by other workers before it started."""
+
+
+def failed(trial: optuna.Trial, reason: str) -> TrialFailed:
+    """The trial's failure, its reason kept with it in the study (user attribute `failure`)."""
+    trial.set_user_attr("failure", reason)
+    return TrialFailed(reason)
 
 
 def suggest_design(trial: optuna.Trial, space: SearchSpace) -> dict:
@@ -129,7 +137,7 @@ def objective_for(params: Params, search_run: str, splits: tuple, deadline: floa
     def objective(trial: optuna.Trial) -> float:
         if counted_before(trial.study, trial.number) >= search.trials:  # another worker took the last one
             trial.study.stop()
-            raise TrialFailed(f"beyond the budget of {search.trials} trials (another worker started the last one): not run")
+            raise failed(trial, f"beyond the budget of {search.trials} trials (another worker started the last one): not run")
         spec = candidate_spec(params, suggest_design(trial, search.space))
         name = design_name(spec, trial.number)
         logged = {**spec.model_dump(), "variant": name, "seeds": search.seeds}
@@ -153,11 +161,11 @@ def objective_for(params: Params, search_run: str, splits: tuple, deadline: floa
         if guard.diverged:
             seed, (epoch, reason) = next(iter(guard.diverged.items()))
             tracking.end_trial_run(run_id, "failed", note=f"Failed: seed {seed}'s {reason}")
-            raise TrialFailed(f"seed {seed}'s {reason}")
+            raise failed(trial, f"seed {seed}'s {reason}")
         if reporter.out_of_time_at:
             note = f"Failed: the worker's time (search.timeout_minutes) ran out at epoch {reporter.out_of_time_at} of {spec.epochs}"
             tracking.end_trial_run(run_id, "failed", note=note)
-            raise TrialFailed(note.removeprefix("Failed: "))
+            raise failed(trial, note.removeprefix("Failed: "))
         if reporter.pruned_at:
             note = f"Pruned at epoch {reporter.pruned_at}: validation accuracy {reporter.values[-1]:.4f}, below the median of earlier trials there"
             tracking.end_trial_run(run_id, "pruned", reporter.values[-1], note)
@@ -171,16 +179,30 @@ def objective_for(params: Params, search_run: str, splits: tuple, deadline: floa
     return objective
 
 
-def trials_table(study: optuna.Study):
-    """Every trial of the study, best first: its design, state, score and time (pandas)."""
-    table = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
-    keep = {
-        "number": "trial", "user_attrs_variant": "variant", "state": "state", "value": "val_accuracy",
-        "user_attrs_epochs_trained": "epochs_trained", "user_attrs_train_seconds": "train_seconds", "user_attrs_worker": "worker",
-    }
-    keep.update({column: column.removeprefix("params_") for column in table.columns if column.startswith("params_")})
-    table = table[[column for column in keep if column in table.columns]].rename(columns=keep)
-    return table.sort_values(["val_accuracy", "trial"], ascending=[False, True], na_position="last")
+DESIGN_COLUMNS = ["hidden_layers", "batch_norm", "dropout", "input_dropout", "max_norm", "learning_rate", "batch_size", "epochs", "initializer"]
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """Every trial of the study, best first: its design as it trained (the spec, rounded as written,
+    not Optuna's raw draws), state, score, epochs trained, time and worker."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        spec = trial.user_attrs.get("spec") or {}
+        design = {key: spec.get(key) for key in DESIGN_COLUMNS}
+        if design["hidden_layers"]:
+            design["hidden_layers"] = "-".join(map(str, design["hidden_layers"]))
+        rows.append({
+            "trial": trial.number, "variant": trial.user_attrs.get("variant"), "state": trial.state.name.lower(),
+            "val_accuracy": trial.value, "epochs_trained": trial.user_attrs.get("epochs_trained"),
+            "train_seconds": trial.user_attrs.get("train_seconds"), **design, "worker": trial.user_attrs.get("worker"),
+        })
+    table = pd.DataFrame(rows, columns=["trial", "variant", "state", "val_accuracy", "epochs_trained", "train_seconds", *DESIGN_COLUMNS, "worker"])
+    # Best first: complete trials by their score, then pruned ones by their last value, then the rest.
+    last = [max(t.intermediate_values.items())[1] if t.intermediate_values else np.nan for t in study.get_trials(deepcopy=False)]
+    table["last_val_accuracy"] = last
+    order = table["state"].map({"complete": 0, "pruned": 1}).fillna(2)
+    table = table.assign(_order=order).sort_values(["_order", "last_val_accuracy", "trial"], ascending=[True, False, True])
+    return table.drop(columns="_order")
 
 
 def write_reports(study: optuna.Study, directory: Path = SEARCH_REPORTS_DIR) -> list[Path]:

@@ -6,10 +6,12 @@ The search (pipeline.search) runs trials in it; promote (pipeline.promote) reads
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
 from pipeline import tracking
@@ -18,6 +20,7 @@ from pipeline.errors import SetupError, without_credentials
 from pipeline.paths import SEARCH_DB
 
 STORAGE_VARIABLE = "OPTUNA_STORAGE"
+CREATE_ATTEMPTS = 3
 
 
 def storage_url(search: SearchParams) -> tuple[str, str]:
@@ -43,22 +46,41 @@ def open_storage(search: SearchParams) -> RDBStorage:
         engine["connect_args"] = {"timeout": 60}  # local workers take turns at the file
     elif url.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since Optuna 2.9
-            return RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=search.heartbeat_seconds,
-                grace_period=2 * search.heartbeat_seconds,
-                heartbeat_stale_trial_callback=fail_abandoned_trial,
-            )
-    except Exception as error:  # SQLAlchemy's, the driver's, or a URL it cannot parse
-        reason = " ".join(str(error).split("\n")[0].split())[:300] or type(error).__name__
-        raise SetupError(
-            f"cannot open the study's storage {without_credentials(url)} (from {source}): {without_credentials(reason)}. "
-            f"Start the database or fix {source} (docs/search.md)"
-        ) from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since Optuna 2.9
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=search.heartbeat_seconds,
+                    grace_period=2 * search.heartbeat_seconds,
+                    heartbeat_stale_trial_callback=fail_abandoned_trial,
+                )
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            # Workers starting together on a new database race to create Optuna's tables
+            # (optuna/optuna#1092, #4621): the loser's CREATE fails on what the winner just made,
+            # and a moment later the schema is there.
+            if attempt + 1 < CREATE_ATTEMPTS and schema_race(error):
+                time.sleep(1 + attempt)
+                continue
+            raise SetupError(storage_failure(url, source, error)) from None
+        except Exception as error:  # the driver's, or a URL SQLAlchemy cannot parse
+            raise SetupError(storage_failure(url, source, error)) from None
+
+
+def schema_race(error: Exception) -> bool:
+    """Whether `error` is another worker creating the same tables at the same moment."""
+    text = str(error)
+    return isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or "already exists" in text
+
+
+def storage_failure(url: str, source: str, error: Exception) -> str:
+    reason = " ".join(str(error).split("\n")[0].split())[:300] or type(error).__name__
+    return (
+        f"cannot open the study's storage {without_credentials(url)} (from {source}): {without_credentials(reason)}. "
+        f"Start the database or fix {source} (docs/search.md)"
+    )
 
 
 def fail_abandoned_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -176,7 +176,14 @@ def log_datasets(splits: dict[str, tuple[np.ndarray, np.ndarray, Path]]) -> None
             # MLflow registers its local-file source under two schemes and warns that a path matches both.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(x, targets=y, source=str(source), name=f"mnist-{context}")
-        mlflow.log_input(dataset, context=context)
+        try:
+            mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException as error:
+            # A server looks the dataset up, then inserts it: two runs logging the same data at the
+            # same moment (queued experiments, search workers) collide on its key. It exists now.
+            if "dataset_pk" not in str(error) and "UNIQUE constraint failed: datasets" not in str(error):
+                raise
+            mlflow.log_input(dataset, context=context)
 
 
 def _logged_params(params: dict) -> dict[str, str]:

@@ -133,7 +133,7 @@ def test_the_trials_table_lists_every_trial_best_first(searched):
     repo, _ = searched
     table = pd.read_csv(repo / "reports/search/trials.csv")
     assert table["trial"].tolist() == [1, 0, 2]
-    assert table["state"].tolist() == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert table["state"].tolist() == ["complete", "complete", "pruned"]
     assert table["val_accuracy"][:2].tolist() == pytest.approx([trial.value for trial in local_study(repo).trials[1::-1]])
 
 
@@ -242,3 +242,22 @@ def test_an_unreachable_storage_is_one_line_before_any_work(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"search: cannot open the study's storage postgresql+psycopg://127.0.0.1:{url.rsplit(':', 1)[1]} (from OPTUNA_STORAGE): ")
     assert "Connection refused" in lines[0] and "s3cret-pw" not in result.stdout + result.stderr
     assert not (repo / "mlflow.db").exists()  # nothing recorded, nothing read
+
+
+def test_the_overstatement_is_the_search_score_minus_the_confirmed_mean(default_params):
+    """A hand-worked case: the search said 0.9900 on its two seeds; five fresh seeds average 0.9850."""
+    from pipeline.evaluate import promoted_paragraph, promoted_table
+
+    raw = with_value("promoted", {"mlp-256-64": {"study": "s", "trial": 7, "seeds": [100, 101], "val_accuracy": 0.99}})
+    params = parse_params(raw)
+    table = pd.DataFrame({
+        "variant": ["mlp-512-256-128", "mlp-256-64"], "val_accuracy_mean": [0.987, 0.985],
+        "val_accuracy_ci_low": [0.98, 0.982], "val_accuracy_ci_high": [0.99, 0.988],
+        "ensemble_val_accuracy": [0.99, 0.9871], "ensemble_test_accuracy": [0.989, 0.9866],
+    })
+    row = promoted_table(params, table).iloc[0]
+    assert (row["variant"], row["trial"], row["search_seeds"], row["rank"]) == ("mlp-256-64", 7, "100 101", 2)
+    assert row["overstatement"] == pytest.approx(0.005)
+    assert (row["val_accuracy_ci_low"], row["ensemble_test_accuracy"]) == (0.982, 0.9866)
+    text = promoted_paragraph(promoted_table(params, table), [0, 1, 2, 3, 4], 2)
+    assert "+0.50 points" in text and "2 of 2" in text

@@ -196,7 +196,7 @@ def test_two_workers_share_one_study_on_postgresql_and_run_each_trial_once(tmp_p
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     assert len(complete) == 6
     # Two workers finishing at the same instant may both start one more: it is refused, never run.
-    assert all("beyond the budget" in trial.system_attrs["fail_reason"] for trial in trials if trial.state != TrialState.COMPLETE)
+    assert all("beyond the budget" in trial.user_attrs["failure"] for trial in trials if trial.state != TrialState.COMPLETE)
     assert len({trial.user_attrs["worker"] for trial in complete}) == 2  # both worked
 
     client = mlflow.MlflowClient(tracking_uri=url)
