@@ -186,7 +186,8 @@ def test_an_unknown_key_says_what_was_meant_and_what_is_allowed():
     message = str(pytest.raises(ParamsError, parse_params, raw).value)
     assert message.splitlines()[1] == (
         "  variants.mlp-256-64.drpout: unknown key; did you mean dropout? Allowed here: batch_norm, dropout, activation, "
-        "initializer, init_stddev, output_initializer, optimizer, learning_rate, batch_size, epochs, jit_compile, hidden_layers"
+        "initializer, init_stddev, output_initializer, optimizer, learning_rate, batch_size, epochs, jit_compile, input_dropout, "
+        "max_norm, hidden_layers"
     )
 
 
