@@ -58,10 +58,13 @@ def test_dvc_exp_run_with_a_bad_value_stops_before_any_work_naming_the_key(tmp_p
 class SlowFile(http.server.BaseHTTPRequestHandler):
     """Promises 11 MB and trickles them out: a download that is interrupted midway."""
 
+    transferring = threading.Event()  # set once a download has begun: the stage is past its start-up
+
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", str(11_000_000))
         self.end_headers()
+        SlowFile.transferring.set()
         for _ in range(1000):
             self.wfile.write(b"\0" * 1000)
             self.wfile.flush()
@@ -80,12 +83,16 @@ def test_an_interrupted_download_leaves_nothing_and_the_rerun_completes(tmp_path
     temporary = Path(os.environ.get("TMPDIR", "/tmp"))
     before = set(temporary.glob("mnist-download-*"))
 
+    SlowFile.transferring.clear()
     # A shell's background job (`make test &`) ignores SIGINT, and Python keeps an ignored SIGINT
     # ignored: give the stage the terminal's default, as a user's Ctrl-C would find it.
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.download"], cwd=repo, env=user_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(3)  # mid-transfer
+    # Mid-transfer, whatever the machine's load: a signal during the stage's imports would find
+    # Python's defaults, not the stage's handlers.
+    assert SlowFile.transferring.wait(timeout=120), "the stage never started its download"
+    time.sleep(1)
     stage.send_signal(stop)
     _, stderr = stage.communicate(timeout=30)
     server.shutdown()
