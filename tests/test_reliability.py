@@ -148,7 +148,8 @@ def test_interrupted_training_is_killed_cleanly_and_the_next_repro_completes(tmp
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_id = wait_for_epochs(repo, f"{variant} seed 0", 3)
     stage.send_signal(signal.SIGTERM)
-    assert stage.wait(timeout=60) != 0
+    # Generous: one fresh-clone test run saw this stop take over 60 s (not reproduced alone; cause not found).
+    assert stage.wait(timeout=180) != 0
     replicate = client.get_run(run_id)
     assert replicate.info.status == "KILLED"
     assert client.get_run(replicate.data.tags["mlflow.parentRunId"]).info.status == "KILLED"  # the variant's run too
