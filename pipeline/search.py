@@ -195,11 +195,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "trial": trial.number, "variant": trial.user_attrs.get("variant"), "state": trial.state.name.lower(),
             "val_accuracy": trial.value, "epochs_trained": trial.user_attrs.get("epochs_trained"),
             "train_seconds": trial.user_attrs.get("train_seconds"), **design, "worker": trial.user_attrs.get("worker"),
+            "last_val_accuracy": max(trial.intermediate_values.items())[1] if trial.intermediate_values else np.nan,
         })
-    table = pd.DataFrame(rows, columns=["trial", "variant", "state", "val_accuracy", "epochs_trained", "train_seconds", *DESIGN_COLUMNS, "worker"])
+    columns = ["trial", "variant", "state", "val_accuracy", "epochs_trained", "train_seconds", *DESIGN_COLUMNS, "worker", "last_val_accuracy"]
+    table = pd.DataFrame(rows, columns=columns)
     # Best first: complete trials by their score, then pruned ones by their last value, then the rest.
-    last = [max(t.intermediate_values.items())[1] if t.intermediate_values else np.nan for t in study.get_trials(deepcopy=False)]
-    table["last_val_accuracy"] = last
     order = table["state"].map({"complete": 0, "pruned": 1}).fillna(2)
     table = table.assign(_order=order).sort_values(["_order", "last_val_accuracy", "trial"], ascending=[True, False, True])
     return table.drop(columns="_order")
