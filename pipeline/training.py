@@ -61,21 +61,26 @@ def train_alone_multi_worker(
     return model, history
 
 
-def replicate_batches(train: Split, seeds: list[int], batch_size: int) -> tf.data.Dataset:
-    """Endless training batches for a together model: per seed, its own images in its own order.
+def replicate_batches(train: Split, seeds: list[int], batch_size: int, epoch: int | tf.Variable = 0) -> tf.data.Dataset:
+    """One epoch of training batches for a together model: per seed, its own images in its own order.
 
     The order of epoch e for seed s is a stateless shuffle keyed by (s, e): the same alone or
     together, on every rerun, whatever else drew random numbers. (Not index_shuffle: at MNIST's size
     its orders for neighbouring keys are correlated, from epoch to epoch and from seed to seed.)
+    `epoch` may be a variable, read each time the dataset is iterated: train_group sets it as each
+    epoch begins. The dataset is finite, its length known, so Keras ends each epoch after exactly
+    its batches, whatever steps_per_execution (given an endless one, Keras runs whole executions
+    past the epoch's end).
     """
     images, labels = tf.constant(train[0]), tf.constant(train[1])
     positions = tf.range(len(train[0]), dtype=tf.int64)
+    steps = -(-len(train[0]) // batch_size)
 
     def epoch_order(seed: int) -> tf.data.Dataset:
-        orders = tf.data.Dataset.range(2**62).map(
-            lambda epoch: tf.random.experimental.stateless_shuffle(positions, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        order = tf.data.Dataset.from_tensors(tf.constant(seed, tf.int64)).map(
+            lambda key: tf.random.experimental.stateless_shuffle(positions, seed=tf.stack([key, tf.cast(epoch, tf.int64)]))
         )
-        return orders.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+        return order.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
 
     keys = [replicate_key(seed) for seed in seeds]
 
@@ -85,7 +90,20 @@ def replicate_batches(train: Split, seeds: list[int], batch_size: int) -> tf.dat
             {key: tf.gather(labels, index) for key, index in zip(keys, indices)},
         )
 
-    return tf.data.Dataset.zip(tuple(epoch_order(seed) for seed in seeds)).map(gather).prefetch(4)
+    batches = tf.data.Dataset.zip(tuple(epoch_order(seed) for seed in seeds)).map(gather)
+    return batches.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(4)
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Sets the variable replicate_batches keys its order by to the epoch about to begin (Keras makes
+    a new iterator of a finite dataset after on_epoch_begin)."""
+
+    def __init__(self, epoch: tf.Variable):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch.assign(epoch)
 
 
 def replicate_validation(validation: Split, seeds: list[int], batch_size: int) -> tf.data.Dataset:
@@ -170,13 +188,13 @@ def train_group(
     spec, epochs = params.variants[variant], params.epochs(variant)
     with strategy.scope():  # variables on every replica; batches split between them
         replicates = build_replicates(spec, seeds, params.speed.steps_per_execution)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     history = replicates.fit(
-        replicate_batches(train, seeds, spec.batch_size),
-        steps_per_epoch=-(-len(train[0]) // spec.batch_size),
+        replicate_batches(train, seeds, spec.batch_size, epoch),
         epochs=epochs,
         shuffle=False,  # the order is replicate_batches' own
         validation_data=replicate_validation(validation, seeds, params.speed.validation_batch_size),
-        callbacks=list(callbacks),
+        callbacks=[EpochOrder(epoch), *callbacks],
         verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
     ).history
     trained_epochs = len(history["loss"])  # fewer than epochs if every replicate diverged (StopOnDivergence)
