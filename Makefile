@@ -3,7 +3,7 @@ VENV := .venv
 # DVC runs each stage's `python` from PATH: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: pipeline search test setup ui plots system-packages
+.PHONY: pipeline search test test-fast screenshots setup ui plots system-packages
 # validate first, outside DVC too: where DVC itself would refuse params.yaml (a variant named `../x`
 # makes output paths overlap), the mistake is said in the pipeline's words.
 pipeline: setup
@@ -22,6 +22,14 @@ search: setup
 
 test: setup system-packages
 	python -m pytest
+
+# The edit-test loop: tests/unit and tests/project, in-process (no DVC runs, no servers), minutes.
+test-fast: setup
+	python -m pytest -m "not slow"
+
+# The README's screenshots, taken again by the browser tests on a quick run of the pipeline.
+screenshots: setup system-packages
+	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots python -m pytest tests/scenarios/test_ui.py
 
 # PostgreSQL, Chromium and nginx, which the tests drive for real: installed if missing and possible.
 system-packages:

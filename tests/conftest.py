@@ -1,7 +1,10 @@
-import os
-import shutil
-import subprocess
-import sys
+"""Fixtures for the whole suite. Tiers by folder: tests/unit (a test module per pipeline module) and
+tests/project run in-process in minutes (`python -m pytest -m "not slow"`); tests/scenarios drive the
+real things (DVC, `mlflow models serve`, PostgreSQL, Chromium, nginx) and are marked slow.
+
+Prepared repositories are made once per session and never changed: a test that changes one takes
+its own `clone` (cp -a) of it."""
+
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +12,19 @@ import pytest
 
 from pipeline.config import load_params
 from pipeline.download import fetch
-from pipeline.preprocess import preprocess
+from tests.helpers import REPO_ROOT, clone, commit, copy_of_repository, dvc, edit_params
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = REPO_ROOT / "tests" / "scenarios"
+# pytest-timeout's limit when a test names none (pyproject.toml holds the default for all).
+UNIT_TIMEOUT = 300
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SCENARIOS in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))
 
 
 @pytest.fixture(scope="session")
@@ -36,63 +49,41 @@ def canonical_npz(canonical_arrays, tmp_path_factory):
     return path
 
 
-def small_workspace(root: Path, default_params, canonical_npz, subset: int, max_epochs: int, seeds=(0,)):
-    """Params for a quick run (few images, epochs and seeds), and their processed data under root/data/processed.
-
-    The caller makes root the working directory (as DVC would) and points MLFLOW_TRACKING_URI
-    at a store of its own.
-    """
-    params = default_params.model_copy(
-        update={
-            "data": default_params.data.model_copy(update={"subset": subset}),
-            "train": default_params.train.model_copy(update={"max_epochs": max_epochs, "seeds": list(seeds)}),
-        }
-    )
-    preprocess(params.data, canonical_npz, root / "data/processed")
-    return params
+@pytest.fixture(scope="session")
+def fresh_repo(tmp_path_factory, canonical_npz) -> Path:
+    """A fresh clone's files, its download taking MNIST from the local file. Read-only: clone it."""
+    return copy_of_repository(tmp_path_factory.mktemp("fresh") / "repo", canonical_npz)
 
 
-def copy_of_repository(destination: Path) -> Path:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run([*git, "init", "-q"], cwd=destination, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=destination, check=True)  # dvc exp needs one
-    return destination
-
-
-def user_env(**settings: str) -> dict[str, str]:
-    """A user's shell in this environment: its dvc and mlflow on PATH, MLflow's default store
-    (the working copy's own mlflow.db) unless `settings` name another."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
-        env.pop(name, None)
-    return {**env, **settings}
-
-
-def run_in(cwd: Path, *command: str) -> str:
-    """Run one of this environment's commands (dvc, mlflow) in cwd as a user would; return its stdout."""
-    result = subprocess.run(command, cwd=cwd, env=user_env(), capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def dvc(*args: str, cwd: Path) -> str:
-    return run_in(cwd, "dvc", *args)
+def shrink_to_two_variants(params: dict) -> None:
+    """Two one-epoch variants on 2,000 images, two seeds: the smallest pipeline with a comparison."""
+    params["data"]["subset"], params["train"]["seeds"] = 2000, [0, 1]
+    params["variants"] = {name: {**params["variants"][name], "epochs": 1} for name in ("mlp-256-64", "mlp-256-64-bn")}
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory) -> tuple[Path, str]:
-    """The whole pipeline, quick (3,000 images, 2 epochs, 3 seeds), run by `dvc exp run` in a fresh
-    copy of the repository as a user would: the copy and DVC's output. Tests that change it come last."""
-    repo = copy_of_repository(tmp_path_factory.mktemp("quick-run"))
+def small_preprocessed(fresh_repo, tmp_path_factory) -> Path:
+    """A two-variant repository (shrink_to_two_variants) after `dvc repro preprocess`. Read-only: clone it."""
+    repo = clone(fresh_repo, tmp_path_factory.mktemp("small") / "preprocessed")
+    edit_params(repo, shrink_to_two_variants)
+    commit(repo, "two variants")
+    dvc("repro", "preprocess", cwd=repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def small_trained(small_preprocessed, tmp_path_factory) -> Path:
+    """small_preprocessed after a whole `dvc repro`, its results committed. Read-only: clone it."""
+    repo = clone(small_preprocessed, tmp_path_factory.mktemp("small") / "trained")
+    dvc("repro", cwd=repo)
+    commit(repo, "trained")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def quick_run(fresh_repo, tmp_path_factory) -> tuple[Path, str]:
+    """The README's quick run of the whole pipeline (3,000 images, 2 epochs, 3 seeds) by `dvc exp run`
+    in a fresh clone: the repository and DVC's output. Read-only: a test that changes it clones it."""
+    repo = clone(fresh_repo, tmp_path_factory.mktemp("quick") / "repo")
     output = dvc("exp", "run", "-S", "data.subset=3000", "-S", "train.max_epochs=2", "-S", "train.seeds=[0,1,2]", cwd=repo)
     return repo, output

@@ -3,7 +3,7 @@
 import mlflow
 import yaml
 
-from conftest import REPO_ROOT, copy_of_repository, run_in
+from tests.helpers import REPO_ROOT, clone, edit_params, run_in
 
 
 def test_every_stage_has_an_entry_point():
@@ -12,11 +12,9 @@ def test_every_stage_has_an_entry_point():
     assert set(project["entry_points"]) == {"main", "serve", "search", "promote", *stages}
 
 
-def test_mlflow_run_makes_the_stage_run_a_child_of_its_own(tmp_path):
-    repo = copy_of_repository(tmp_path)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 1, [0]
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+def test_mlflow_run_makes_the_stage_run_a_child_of_its_own(small_preprocessed, tmp_path):
+    repo = clone(small_preprocessed, tmp_path / "repo")
+    edit_params(repo, lambda params: params["train"].update(seeds=[0]))
 
     run_in(repo, "mlflow", "run", ".", "-e", "train", "-P", "variant=mlp-256-64",
            "--env-manager", "local", "--experiment-name", "mnist-mlp")

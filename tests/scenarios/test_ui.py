@@ -1,7 +1,8 @@
 """What users see, in a real browser: Debian's Chromium, headless, driven by Playwright, against
 the quick run (conftest.quick_run) and the lean `mlflow ui` the README documents.
 
-Screenshots go to docs/screenshots/ (SCREENSHOTS_DIR overrides), where the README shows them.
+Screenshots go to a temporary directory; `make screenshots` sets SCREENSHOTS_DIR to docs/screenshots/,
+where the README shows them, and runs these tests.
 """
 
 import os
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import REPO_ROOT, dvc
+from tests.helpers import REPO_ROOT, dvc
 from tests.servers import LEAN_UI_ENV, LEAN_UI_OPTIONS, ui_server
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -22,8 +23,16 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR", REPO_ROOT / "docs/screenshots"))
 SLOW_PAGE_MS = 60_000  # the UI's first page on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Where the screenshots go: SCREENSHOTS_DIR (`make screenshots`: docs/screenshots/), or a temporary directory."""
+    chosen = os.environ.get("SCREENSHOTS_DIR")
+    directory = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +69,8 @@ def variants_and_champion(repo: Path) -> tuple[list[str], str]:
     return variants, champion
 
 
-def shoot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / name)
+def shoot(page, directory: Path, name: str) -> None:
+    page.screenshot(path=directory / name)
 
 
 def test_make_ui_starts_the_lean_ui_these_tests_use():
@@ -77,7 +85,7 @@ def close_the_assistant(page) -> None:
     page.get_by_role("button", name="Close", exact=True).click()
 
 
-def test_the_experiment_page_lists_the_variants_with_test_accuracy_and_the_champion(page, ui, quick_run):
+def test_the_experiment_page_lists_the_variants_with_test_accuracy_and_the_champion(page, ui, quick_run, screenshots):
     variants, champion = variants_and_champion(quick_run[0])
     page.goto(ui[1]["experiment"])
     expect(page.get_by_text(f"{len(variants)} matching runs")).to_be_visible()  # the variant runs, not their seeds
@@ -91,10 +99,10 @@ def test_the_experiment_page_lists_the_variants_with_test_accuracy_and_the_champ
     expect(first_row.get_by_role("gridcell", name="true", exact=True)).to_be_visible()
     expect(page.get_by_role("gridcell", name="true", exact=True)).to_have_count(1)
     close_the_assistant(page)
-    shoot(page, "experiment.png")
+    shoot(page, screenshots, "experiment.png")
 
 
-def test_the_compare_view_of_the_variants_loads(page, ui, quick_run):
+def test_the_compare_view_of_the_variants_loads(page, ui, quick_run, screenshots):
     variants, _ = variants_and_champion(quick_run[0])
     page.goto(ui[1]["compare"])
     expect(page.get_by_text(f"Comparing {len(variants)} Runs from 1 Experiment")).to_be_visible()
@@ -111,10 +119,10 @@ def test_the_compare_view_of_the_variants_loads(page, ui, quick_run):
         page.keyboard.press("Escape")
     expect(page.locator("svg text", has_text="test_accuracy_mean").first).to_be_visible()
     close_the_assistant(page)
-    shoot(page, "compare.png")
+    shoot(page, screenshots, "compare.png")
 
 
-def test_the_registry_shows_the_champion(page, ui, quick_run):
+def test_the_registry_shows_the_champion(page, ui, quick_run, screenshots):
     _, champion = variants_and_champion(quick_run[0])
     page.goto(ui[1]["registry"])
     expect(page.get_by_text("@champion at the variant whose seed ensemble, what is served, has the best validation accuracy", exact=False)).to_be_visible()
@@ -122,18 +130,18 @@ def test_the_registry_shows_the_champion(page, ui, quick_run):
     expect(aliased).to_have_count(1)
     expect(aliased).to_contain_text(f": {champion}")  # on the champion's version (its variant tag)
     close_the_assistant(page)
-    shoot(page, "registry.png")
+    shoot(page, screenshots, "registry.png")
 
 
-def test_dvc_plots_draw_every_chart_with_no_network(page, quick_run):
+def test_dvc_plots_draw_every_chart_with_no_network(page, quick_run, tmp_path, screenshots):
     repo, _ = quick_run
     variants, _ = variants_and_champion(repo)
-    dvc("plots", "show", cwd=repo)
+    dvc("plots", "show", "--out", str(tmp_path / "dvc_plots"), cwd=repo)  # the quick run stays as it was
     requests, errors = [], []
     page.on("request", lambda request: requests.append(request.url))
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.route(re.compile(r"^(?!file:).*"), lambda route: route.abort())  # nothing leaves the machine
-    page.goto((repo / "dvc_plots/index.html").as_uri())
+    page.goto((tmp_path / "dvc_plots/index.html").as_uri())
 
     charts = page.locator(".vega-embed")
     # Validation accuracy, validation loss, training loss; the ensemble of the first k seeds on
@@ -145,13 +153,12 @@ def test_dvc_plots_draw_every_chart_with_no_network(page, quick_run):
     page.wait_for_function(f"{drawn} === {images}")
     assert errors == []
     assert [url for url in requests if not url.startswith("file:")] == []
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    charts.first.screenshot(path=SCREENSHOTS / "validation-accuracy.png")
-    charts.nth(3).screenshot(path=SCREENSHOTS / "ensemble-size.png")
-    charts.nth(5).screenshot(path=SCREENSHOTS / "confusion-champion.png")
+    charts.first.screenshot(path=screenshots / "validation-accuracy.png")
+    charts.nth(3).screenshot(path=screenshots / "ensemble-size.png")
+    charts.nth(5).screenshot(path=screenshots / "confusion-champion.png")
 
 
-def test_the_champions_run_page_shows_mlflows_confusion_matrix(page, ui, quick_run):
+def test_the_champions_run_page_shows_mlflows_confusion_matrix(page, ui, quick_run, screenshots):
     repo = quick_run[0]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist-mlp")
@@ -161,4 +168,4 @@ def test_the_champions_run_page_shows_mlflows_confusion_matrix(page, ui, quick_r
     expect(page.get_by_role("img", name="confusion_matrix.png")).to_be_visible()
     page.wait_for_function("[...document.images].some(image => image.alt === 'confusion_matrix.png' && image.complete && image.naturalWidth > 0)")
     close_the_assistant(page)
-    shoot(page, "confusion-matrix-run.png")
+    shoot(page, screenshots, "confusion-matrix-run.png")

@@ -12,7 +12,7 @@ import yaml
 
 from pipeline import registry
 
-from conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "pipeline"
 KERAS_BACKEND = "tensorflow"  # imported by Keras, not by our files
@@ -139,3 +139,21 @@ def test_importing_training_and_tracking_code_never_runs_the_serving_entry_point
     code = "import sys, pipeline.train, pipeline.evaluate, pipeline.tracking; print('pipeline.serving' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_test_modules_never_import_each_other():
+    """Shared test code lives in tests/helpers.py, tests/servers.py and the conftest.py files."""
+    tests = REPO_ROOT / "tests"
+    modules = {path.stem for path in tests.rglob("test_*.py")}
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(REPO_ROOT)}: {name}" for name in names if name.split(".")[-1] in modules | {"conftest"}]
+    assert offenders == []
+
+
+def test_every_pipeline_module_with_unit_tests_has_them_under_its_own_name():
+    """A reader finds a module's unit tests by its name: tests/unit/test_MODULE.py tests pipeline/MODULE.py."""
+    unit = {path.stem.removeprefix("test_") for path in (REPO_ROOT / "tests/unit").glob("test_*.py")}
+    assert unit <= set(all_modules()), unit - set(all_modules())

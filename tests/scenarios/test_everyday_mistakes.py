@@ -2,7 +2,6 @@
 variant, MLflow's file store. Each drives the real thing: `dvc repro`, `mv`, `cp -a`, a real
 `mlflow models serve`."""
 
-import hashlib
 import json
 import re
 import sqlite3
@@ -12,24 +11,16 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
+from tests.helpers import (
+    assert_answers_are_the_ensembles, clone, digests, dvc, edit_params, ensemble_probabilities, stage_lines, stages_run, user_env,
+)
 from tests.servers import scoring_server
 
-from conftest import dvc, user_env
-from test_reliability import edit_params, small_repo, stage_lines
-
 OUTPUTS = ("models", "reports/history", "reports/train", "reports/comparison.csv", "reports/metrics.json")
-
-
-def digests(root: Path, *names: str) -> dict[str, str]:
-    """sha256 of every file under `names` (files or directories) of root, by relative path."""
-    files = [path for name in names for path in ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*")))]
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files if path.is_file()}
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
+SEEDS = (0, 1)  # conftest.small_trained's
 
 
 def repro_fails(repo: Path) -> str:
@@ -38,22 +29,40 @@ def repro_fails(repo: Path) -> str:
     return result.stdout + result.stderr
 
 
-def serves(repo: Path, images, alias: str = "champion") -> list[int]:
-    """`mlflow models serve` of models:/mnist-mlp@ALIAS, from the repository root as docs/serving.md says: its digits."""
+def served_variant(repo: Path, alias: str) -> str:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db").get_model_version_by_alias("mnist-mlp", alias).tags["variant"]
+
+
+def expected_answers(repo: Path, alias: str, images: np.ndarray) -> np.ndarray:
+    """The reference: the member files of the variant the alias serves, averaged by plain Keras."""
+    variant = served_variant(repo, alias)
+    return ensemble_probabilities([repo / f"models/{variant}/seed-{seed}.keras" for seed in SEEDS], images)
+
+
+def scoring_server_answers(repo: Path, images: np.ndarray, alias: str = "champion") -> tuple[list[int], list]:
+    """`mlflow models serve` of models:/mnist-mlp@ALIAS, from the repository root as docs/serving.md says."""
     with scoring_server(f"models:/mnist-mlp@{alias}", env={"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}, cwd=repo) as url:
         request = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
-            return [p["digit"] for p in json.loads(response.read())["predictions"]]
+            predictions = json.loads(response.read())["predictions"]
+    return [p["digit"] for p in predictions], [p["probabilities"] for p in predictions]
 
 
-@pytest.fixture(scope="module")
-def trained_repo(tmp_path_factory, canonical_npz) -> Path:
-    """A small repository (two one-epoch variants, two seeds) after one `dvc repro`."""
-    repo = small_repo(tmp_path_factory.mktemp("everyday"), canonical_npz)
-    dvc("repro", cwd=repo)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "trained"], cwd=repo, check=True)
-    return repo
+def in_process_answers(repo: Path, images: np.ndarray, alias: str, monkeypatch) -> tuple[list[int], list]:
+    """mlflow.pyfunc's load of models:/mnist-mlp@ALIAS from the repository root: what the scoring
+    server loads, without starting one where the store, not the server, is what is tested."""
+    with monkeypatch.context() as patch:
+        patch.chdir(repo)
+        patch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+        frame = mlflow.pyfunc.load_model(f"models:/mnist-mlp@{alias}").predict(images)
+    return frame["digit"].tolist(), frame["probabilities"].tolist()
+
+
+@pytest.fixture
+def trained_repo(small_trained, tmp_path) -> Path:
+    """A clone of the session's small trained repository (two one-epoch variants, two seeds), this test's own."""
+    return clone(small_trained, tmp_path / "repo")
 
 
 MISTAKES = [
@@ -94,34 +103,31 @@ def test_a_params_mistake_touches_no_output_and_its_fix_retrains_nothing(trained
     assert digests(repo, *OUTPUTS) == before
 
 
-def test_a_moved_repository_serves_and_a_copy_reads_and_writes_only_its_own_store(trained_repo, tmp_path, canonical_arrays):
+def test_a_moved_repository_serves_and_a_copy_reads_and_writes_only_its_own_store(trained_repo, tmp_path, canonical_arrays, monkeypatch):
     images = canonical_arrays["x_test"][:20].reshape(20, 784)
     moved = tmp_path / "moved"
     subprocess.run(["mv", str(trained_repo), str(moved)], check=True)
-    try:
-        # Straight after `mv`, before any repro: the store's artifact locations are the repository's own.
-        digits = serves(moved, images)
-        assert len(digits) == 20
-        again = dvc("repro", cwd=moved)
-        assert stages_run(again) == ["register"] and "nothing was missing" in again
+    # Straight after `mv`, before any repro: the store's artifact locations are the repository's own.
+    assert_answers_are_the_ensembles(*scoring_server_answers(moved, images), expected_answers(moved, "champion", images))
+    again = dvc("repro", cwd=moved)
+    assert stages_run(again) == ["register"] and "nothing was missing" in again
 
-        copy = tmp_path / "copy"
-        subprocess.run(["cp", "-a", str(moved), str(copy)], check=True)
-        original = digests(moved, "mlflow.db", "mlruns")
-        edit_params(copy, lambda p: p["variants"]["mlp-256-64"].update(dropout=0.2))
-        trained = dvc("repro", cwd=copy)
-        assert "Running stage 'train@mlp-256-64'" in trained
-        assert serves(copy, images, "mlp-256-64") and serves(copy, images)
-        assert digests(moved, "mlflow.db", "mlruns") == original, "the copy wrote into the original's store"
-        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy}/mlflow.db")
-        newest = client.get_model_version_by_alias("mnist-mlp", "mlp-256-64")
-        assert newest.tags["variant"] == "mlp-256-64" and int(newest.version) == 3
-        assert client.get_model_version_download_uri("mnist-mlp", newest.version).startswith("mlruns/")
-    finally:
-        subprocess.run(["mv", str(moved), str(trained_repo)], check=True)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(moved), str(copy)], check=True)
+    original = digests(moved, "mlflow.db", "mlruns")
+    edit_params(copy, lambda p: p["variants"]["mlp-256-64"].update(dropout=0.2))
+    trained = dvc("repro", cwd=copy)
+    assert "Running stage 'train@mlp-256-64'" in trained
+    for alias in ("mlp-256-64", "champion"):
+        assert_answers_are_the_ensembles(*in_process_answers(copy, images, alias, monkeypatch), expected_answers(copy, alias, images))
+    assert digests(moved, "mlflow.db", "mlruns") == original, "the copy wrote into the original's store"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy}/mlflow.db")
+    newest = client.get_model_version_by_alias("mnist-mlp", "mlp-256-64")
+    assert newest.tags["variant"] == "mlp-256-64" and int(newest.version) == 3
+    assert client.get_model_version_download_uri("mnist-mlp", newest.version).startswith("mlruns/")
 
 
-def test_a_store_with_absolute_locations_elsewhere_is_relocated_and_a_lost_artifact_registered_again(trained_repo, canonical_arrays):
+def test_a_store_with_absolute_locations_elsewhere_is_relocated_and_a_lost_artifact_registered_again(trained_repo, canonical_arrays, monkeypatch):
     """A store made before locations were relative records absolute paths: moved, they point nowhere."""
     repo = trained_repo
     with sqlite3.connect(repo / "mlflow.db") as connection:
@@ -130,7 +136,8 @@ def test_a_store_with_absolute_locations_elsewhere_is_relocated_and_a_lost_artif
             connection.execute(f"UPDATE {table} SET {column} = 'file:///old/checkout/' || {column} WHERE {column} LIKE 'mlruns/%'")
     output = dvc("repro", cwd=repo)
     assert stages_run(output) == ["register"] and "nothing was missing" in output
-    assert len(serves(repo, canonical_arrays["x_test"][:5].reshape(5, 784))) == 5
+    images = canonical_arrays["x_test"][:5].reshape(5, 784)
+    assert_answers_are_the_ensembles(*in_process_answers(repo, images, "champion", monkeypatch), expected_answers(repo, "champion", images))
 
     # The registry lists a version whose files are gone: register notices and registers it again.
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
@@ -141,7 +148,8 @@ def test_a_store_with_absolute_locations_elsewhere_is_relocated_and_a_lost_artif
     assert f"register: mlp-256-64-bn's registered version {version.version} cannot be served from this store: its MLmodel cannot be read" in healed
     assert "registered again from models/: mlp-256-64-bn" in healed
     assert int(client.get_model_version_by_alias("mnist-mlp", "mlp-256-64-bn").version) > int(version.version)
-    assert len(serves(repo, canonical_arrays["x_test"][:5].reshape(5, 784), "mlp-256-64-bn")) == 5
+    answers = in_process_answers(repo, images, "mlp-256-64-bn", monkeypatch)
+    assert_answers_are_the_ensembles(*answers, expected_answers(repo, "mlp-256-64-bn", images))
 
 
 def test_a_removed_variant_stops_serving_and_its_version_is_kept_tagged_retired(trained_repo):
@@ -158,7 +166,6 @@ def test_a_removed_variant_stops_serving_and_its_version_is_kept_tagged_retired(
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+: @mlp-256-64-bn removed, the variant is no longer in params.yaml", kept.tags["retired"])
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == "mlp-256-64"
     assert set(client.get_registered_model("mnist-mlp").aliases) == {"mlp-256-64", "champion"}
-    subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=repo, check=True)
 
 
 @pytest.mark.parametrize("uri", ["file:./mlruns", "./mlruns"])

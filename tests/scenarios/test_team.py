@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_of_repository, user_env
+from tests.helpers import clone, commit, edit_params, small_search, user_env, wait_until
 from tests.servers import free_port, tracking_server
 
 
@@ -56,9 +55,9 @@ def shared_server(postgres_uri, tmp_path_factory):
         yield url, artifacts
 
 
-def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_server):
+def test_the_pipeline_logs_everything_to_the_shared_server(fresh_repo, tmp_path, shared_server):
     url, artifacts = shared_server
-    repo = copy_of_repository(tmp_path)
+    repo = clone(fresh_repo, tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 2, [0, 1]
     params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
@@ -95,26 +94,28 @@ def test_the_pipeline_logs_everything_to_the_shared_server(tmp_path, shared_serv
     assert any(artifacts.rglob("MLmodel"))  # and so did the logged models
 
 
-def quick_two_variant_copy(tmp_path: Path) -> Path:
-    repo = copy_of_repository(tmp_path)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 1, [0]
-    params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "quick"], cwd=repo, check=True)
+def quick_two_variant_copy(fresh_repo: Path, destination: Path) -> Path:
+    repo = clone(fresh_repo, destination)
+
+    def quick(params):
+        params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 1, [0]
+        params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
+
+    edit_params(repo, quick)
+    commit(repo, "quick")
     return repo
 
 
-def test_a_temporary_dvc_workspace_refuses_the_embedded_store(tmp_path):
-    repo = quick_two_variant_copy(tmp_path)
+def test_a_temporary_dvc_workspace_refuses_the_embedded_store(fresh_repo, tmp_path):
+    repo = quick_two_variant_copy(fresh_repo, tmp_path / "repo")
     result = subprocess.run(["dvc", "exp", "run", "--temp"], cwd=repo, env=user_env(), capture_output=True, text=True)
     assert result.returncode != 0
     assert "MLFLOW_TRACKING_URI: this stage runs in a temporary DVC workspace" in result.stdout + result.stderr
 
 
-def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shared_server):
+def test_queued_experiments_run_in_two_workers_against_the_server(fresh_repo, tmp_path, shared_server):
     url, _ = shared_server
-    repo = quick_two_variant_copy(tmp_path)
+    repo = quick_two_variant_copy(fresh_repo, tmp_path / "repo")
     client = mlflow.MlflowClient(tracking_uri=url)
     experiment = client.get_experiment_by_name("mnist-mlp")
     before = {run.info.run_id for run in client.search_runs([experiment.experiment_id])} if experiment else set()
@@ -124,11 +125,13 @@ def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shar
     env = user_env(MLFLOW_TRACKING_URI=url)
     for seed in (1, 2):
         subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"train.seeds=[{seed}]"], cwd=repo, env=env, check=True, capture_output=True)
-    started = time.monotonic()
     subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True, capture_output=True)
-    while "Queued" in (status := subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout) or "Running" in status:
-        assert time.monotonic() - started < 600, status
-        time.sleep(2)
+
+    def finished() -> str | None:
+        status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
+        return None if "Queued" in status or "Running" in status else status
+
+    status = wait_until(finished, 600, "the queued experiments to finish", poll=1)
     assert status.count("Success") == 2, status
 
     experiment = client.get_experiment_by_name("mnist-mlp")
@@ -142,8 +145,8 @@ def test_queued_experiments_run_in_two_workers_against_the_server(tmp_path, shar
     assert seeds == [("mlp-256-64", "[1]"), ("mlp-256-64", "[2]"), ("mlp-256-64-bn", "[1]"), ("mlp-256-64-bn", "[2]")]
 
 
-def test_data_travel_to_a_teammate_through_a_dvc_remote(tmp_path):
-    repo = quick_two_variant_copy(tmp_path / "mine")
+def test_data_travel_to_a_teammate_through_a_dvc_remote(small_preprocessed, tmp_path):
+    repo = clone(small_preprocessed, tmp_path / "mine")
     env = user_env()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 
@@ -152,7 +155,6 @@ def test_data_travel_to_a_teammate_through_a_dvc_remote(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    run("dvc", "repro", "preprocess", cwd=repo)
     run("dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"), cwd=repo)
     run("dvc", "push", cwd=repo)
     run(*git, "add", "-A", cwd=repo)
@@ -166,21 +168,18 @@ def test_data_travel_to_a_teammate_through_a_dvc_remote(tmp_path):
     assert "Data and pipelines are up to date" in run("dvc", "repro", "preprocess", cwd=teammate)
 
 
-def test_two_workers_share_one_study_on_postgresql_and_run_each_trial_once(tmp_path, postgres_uri, shared_server, canonical_npz):
+def test_two_workers_share_one_study_on_postgresql_and_run_each_trial_once(small_preprocessed, tmp_path, postgres_uri, shared_server):
     """`make search`'s worker started twice, as on two hosts, against one PostgreSQL (a database of its
     own: Optuna's and MLflow's schemas both keep an alembic_version table) and the team's MLflow server."""
     import optuna
     import psycopg
     from optuna.trial import TrialState
 
-    from test_reliability import edit_params, small_repo
-    from test_search import small_search
-
     url, _ = shared_server
     with psycopg.connect(postgres_uri, autocommit=True) as connection:
         connection.execute("CREATE DATABASE optuna")
     storage = postgres_uri.rsplit("/", 1)[0] + "/optuna"
-    repo = small_repo(tmp_path, canonical_npz)
+    repo = clone(small_preprocessed, tmp_path / "repo")
 
     def shared_study(params):
         small_search(params, study="shared", trials=6, epochs=(2, 2))

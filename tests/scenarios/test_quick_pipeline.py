@@ -1,4 +1,6 @@
-"""End to end: DVC runs the stages in a fresh copy of the repository, as a user would."""
+"""End to end: DVC runs the stages in a fresh clone, as a user would: the download through the
+network sources, and the README's quick run of the whole pipeline (conftest.quick_run, shared and
+read-only: what an edit would rerun is asked of `dvc repro --dry` in a clone)."""
 
 import json
 import re
@@ -10,13 +12,15 @@ import pandas as pd
 import yaml
 
 from pipeline.data import ARRAY_SHA256, load_split
-
-from conftest import copy_of_repository, dvc
+from tests.helpers import assert_answers_are_the_ensembles, clone, copy_of_repository, dvc, edit_params, ensemble_probabilities, stages_run
 from tests.servers import scoring_server
+
+# Images per digit 0-9 in MNIST's test set, as published.
+TEST_DIGITS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def test_repro_preprocess_yields_the_canonical_splits_and_then_does_nothing(tmp_path):
-    repo = copy_of_repository(tmp_path)
+    repo = copy_of_repository(tmp_path)  # params.yaml as shipped: MNIST through the network sources
 
     first = dvc("repro", "preprocess", cwd=repo)
     assert "Running stage 'download'" in first and "Running stage 'preprocess'" in first
@@ -30,6 +34,8 @@ def test_repro_preprocess_yields_the_canonical_splits_and_then_does_nothing(tmp_
         assert 0.0 <= x.min() and x.max() <= 1.0
         assert (y.sum(axis=1) == 1).all()
         sizes[name] = len(x)
+        if name == "test":  # kept whole, in MNIST's order: its published images per digit
+            assert np.bincount(y.argmax(axis=1), minlength=10).tolist() == TEST_DIGITS
     assert sizes == {"train": 49_500, "validation": 10_500, "test": 10_000}
 
     again = dvc("repro", "preprocess", cwd=repo)
@@ -96,23 +102,27 @@ def test_the_quick_pipeline_trains_replicates_compares_and_serves_the_champion(q
     differences = [f"reports/differences/{name}.png" for name in ("reliability", "mistakes", "disagreements")]
     assert sorted(images) == sorted([*expected, "reports/comparison.png", *differences])
 
-    # The champion's seed ensemble, served, answers raw pixels.
+    # The champion's seed ensemble, served, answers raw pixels: its member files' mean probabilities.
+    images = canonical_arrays["x_test"][:100].reshape(100, 784)
     with scoring_server("models:/mnist-mlp@champion", env={"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}, cwd=repo) as url:
-        images = canonical_arrays["x_test"][:100].reshape(100, 784)
         request = urllib.request.Request(
             f"{url}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(), headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             predictions = json.loads(response.read())["predictions"]
-    digits = np.array([p["digit"] for p in predictions])
-    assert (digits == canonical_arrays["y_test"][:100]).mean() > 0.5
+    expected = ensemble_probabilities([repo / f"models/{champion}/seed-{seed}.keras" for seed in seeds], images)
+    assert_answers_are_the_ensembles([p["digit"] for p in predictions], [p["probabilities"] for p in predictions], expected)
 
-    # Every repro checks the registry (register always runs); nothing else reruns.
+
+def test_a_repro_reruns_only_what_changed(quick_run, tmp_path):
+    """Every repro checks the registry (register always runs); nothing else reruns. A speed-only key
+    reruns nothing but that check; a key of one variant reruns that variant and the comparison.
+    (Any edit of params.yaml reruns validate, whose output never changes.)"""
+    repo = clone(quick_run[0], tmp_path / "repo")
     again = dvc("repro", cwd=repo)
-    assert re.findall(r"Running stage '([^']+)'", again) == ["register"] and "nothing was missing" in again
+    assert stages_run(again) == ["register"] and "nothing was missing" in again
 
-    # A speed-only key reruns nothing but that check; a key of one variant reruns that variant and the comparison.
-    # (Any edit of params.yaml reruns validate, whose output never changes.)
-    assert re.findall(r"Running stage '([^']+)'", dvc("exp", "run", "-S", "speed.steps_per_execution=32", cwd=repo)) == ["validate", "register"]
-    edited = dvc("exp", "run", "-S", "variants.mlp-256-64.dropout=0.2", cwd=repo)
-    assert sorted(re.findall(r"Running stage '([^']+)'", edited)) == ["evaluate", "register", "train@mlp-256-64", "validate"]
+    edit_params(repo, lambda p: p["speed"].update(steps_per_execution=32))
+    assert stages_run(dvc("repro", "--dry", cwd=repo)) == ["validate", "register"]
+    edit_params(repo, lambda p: p["variants"]["mlp-256-64"].update(dropout=0.2))
+    assert stages_run(dvc("repro", "--dry", cwd=repo)) == ["validate", "train@mlp-256-64", "evaluate", "register"]

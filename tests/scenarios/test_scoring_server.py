@@ -1,50 +1,36 @@
-"""A real `mlflow models serve` process, a registered model, raw test images over HTTP."""
+"""A real `mlflow models serve` process, a registered model, raw test images over HTTP: every answer
+checked against the members' mean computed here by plain Keras. (The model in-process:
+tests/unit/test_serving.py.)"""
 
 import http.client
 import json
-import re
-import shutil
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
 from benchmarks.load import load_test
-from pipeline import registry
+from pipeline.data import MAX_SERVED_BATCH as MAX_BATCH, SERVED_INPUT
 from pipeline.model import build_network
 from pipeline.paths import replicate_model_path
-from pipeline.data import MAX_SERVED_BATCH as MAX_BATCH, SERVED_INPUT
 from pipeline.train import train
+from tests.helpers import assert_answers_are_the_ensembles, ensemble_probabilities, small_workspace
 from tests.servers import BIN_DIR, is_up, nginx_proxy, save_served_model, scoring_server
-
-from conftest import small_workspace
 
 VARIANT = "mlp-256-64"
 SEEDS = [0, 1]
 
 
-class LocalEnsemble:
-    """The members' mean probabilities, computed here: what the server must answer."""
-
-    def __init__(self, members):
-        self.members = members
-
-    def predict_on_batch(self, features):
-        return np.mean(np.stack([member.predict_on_batch(features) for member in self.members]), axis=0)
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, default_params, canonical_npz, canonical_arrays):
+def served(tmp_path_factory, default_params, canonical_npz):
     """One variant's seed ensemble trained as the quick pipeline trains it, registered, and served;
-    beside it, the ensemble computed here from the member files."""
+    beside it, the ensemble's reference: a function of raw pixels computed from the member files."""
     root = tmp_path_factory.mktemp("serving")
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
     with pytest.MonkeyPatch.context() as patch:
@@ -54,9 +40,9 @@ def served(tmp_path_factory, default_params, canonical_npz, canonical_arrays):
         patch.delenv("MLFLOW_RUN_ID", raising=False)
         params = small_workspace(root, default_params, canonical_npz, subset=3000, max_epochs=2, seeds=SEEDS)
         train(params, VARIANT)
-        members = [keras.saving.load_model(root / replicate_model_path(VARIANT, seed), compile=False) for seed in SEEDS]
+        members = [root / replicate_model_path(VARIANT, seed) for seed in SEEDS]
         with scoring_server(f"models:/mnist-mlp@{VARIANT}", env=store) as url:
-            yield url, LocalEnsemble(members)
+            yield url, lambda pixels: ensemble_probabilities(members, pixels)
 
 
 def post(url, body, content_type="application/json"):
@@ -70,30 +56,20 @@ def post(url, body, content_type="application/json"):
 
 
 def test_raw_test_images_get_the_mean_of_the_members_probabilities(served, canonical_arrays):
-    url, local_ensemble = served
+    url, reference = served
     images = canonical_arrays["x_test"][:1000].reshape(1000, 784)
-    labels = canonical_arrays["y_test"][:1000]
-
     status, answer = post(url, {"inputs": images.tolist()})  # JSON ints 0-255, as a client sends them
     assert status == 200
-    digits = np.array([p["digit"] for p in answer["predictions"]])
-    expected = local_ensemble.predict_on_batch(images.astype(np.float32) / 255)
-    np.testing.assert_array_equal(digits, expected.argmax(axis=1))
-    assert (digits == labels).mean() > 0.85
-    probabilities = np.array([p["probabilities"] for p in answer["predictions"]])
-    assert probabilities.shape == (1000, 10)
-    np.testing.assert_array_equal(probabilities.astype(np.float32), expected)  # the members' mean, exactly
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert_answers_are_the_ensembles(*answers(answer["predictions"]), reference(images))
 
 
 def test_dataframe_split_and_float_pixels_are_accepted(served, canonical_arrays):
-    url, _ = served
+    url, reference = served
     images = canonical_arrays["x_test"][:20].reshape(20, 784)
-    _, by_inputs = post(url, {"inputs": images.tolist()})
     split = {"dataframe_split": {"columns": [f"pixel_{i}" for i in range(784)], "data": images.astype(float).tolist()}}
     status, by_split = post(url, split)
     assert status == 200
-    assert [p["digit"] for p in by_split["predictions"]] == [p["digit"] for p in by_inputs["predictions"]]
+    assert_answers_are_the_ensembles(*answers(by_split["predictions"]), reference(images))
 
 
 def test_signature_metadata_and_input_example_describe_raw_pixel_rows(served):
@@ -116,26 +92,15 @@ def as_csv(rows: np.ndarray) -> bytes:
     return pd.DataFrame(rows).to_csv(index=False).encode()
 
 
-def answers(predictions) -> tuple[list[int], np.ndarray]:
-    return [p["digit"] for p in predictions], np.array([p["probabilities"] for p in predictions])
+def answers(predictions) -> tuple[list[int], list]:
+    return [p["digit"] for p in predictions], [p["probabilities"] for p in predictions]
 
 
-def test_every_form_users_send_gets_the_same_answer(served, canonical_arrays, tmp_path):
-    """MNIST's own uint8 arrays, ints, floats, DataFrames, 28x28 images through mlflow.pyfunc; JSON ints
-    and floats, CSV with integer or float cells over HTTP and through `mlflow models predict`."""
-    url, local_ensemble = served
-    images = canonical_arrays["x_test"][:20]  # uint8, 20 x 28 x 28
-    rows = images.reshape(20, 784)
-    expected = local_ensemble.predict_on_batch(rows.astype(np.float32) / 255)
-    got = {}
-
-    model = mlflow.pyfunc.load_model(f"models:/mnist-mlp@{VARIANT}")
-    for name, data in {
-        "uint8": rows, "int64": rows.astype(np.int64), "float32": rows.astype(np.float32), "float64": rows.astype(np.float64),
-        "28x28 uint8": images, "DataFrame uint8": pd.DataFrame(rows), "DataFrame float": pd.DataFrame(rows.astype(float)),
-    }.items():
-        frame = model.predict(data)
-        got[f"pyfunc {name}"] = (frame["digit"].tolist(), np.array(frame["probabilities"].tolist()))
+def test_every_form_users_send_over_http_gets_the_same_answer(served, canonical_arrays, tmp_path):
+    """JSON ints and floats, CSV with integer or float cells over HTTP and through `mlflow models predict`."""
+    url, reference = served
+    rows = canonical_arrays["x_test"][:20].reshape(20, 784)
+    expected = reference(rows)
     for name, body, content_type in [
         ("JSON ints", json.dumps({"inputs": rows.tolist()}).encode(), "application/json"),
         ("JSON floats", json.dumps({"inputs": rows.astype(float).tolist()}).encode(), "application/json"),
@@ -145,7 +110,7 @@ def test_every_form_users_send_gets_the_same_answer(served, canonical_arrays, tm
     ]:
         status, answer = post(url, body, content_type)
         assert status == 200, (name, answer)
-        got[f"HTTP {name}"] = answers(answer["predictions"])
+        assert_answers_are_the_ensembles(*answers(answer["predictions"]), expected)
     for name, cells in [("ints", rows), ("floats", rows.astype(float))]:
         (tmp_path / "rows.csv").write_bytes(as_csv(cells))
         result = subprocess.run(
@@ -154,28 +119,18 @@ def test_every_form_users_send_gets_the_same_answer(served, canonical_arrays, tm
             capture_output=True, text=True, timeout=300,
         )
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        got[f"mlflow models predict CSV {name}"] = answers(json.loads((tmp_path / "out.json").read_text())["predictions"])
-
-    for name, (digits, probabilities) in got.items():
-        assert digits == expected.argmax(axis=1).tolist(), name
-        np.testing.assert_array_equal(probabilities.astype(np.float32), expected, err_msg=name)  # identical, to the bit
+        assert_answers_are_the_ensembles(*answers(json.loads((tmp_path / "out.json").read_text())["predictions"]), expected)
 
 
 SCALED = "look like features already scaled to [0, 1] (every value at most 1, some fractional): send raw pixel intensities 0-255"
 
 
-@pytest.mark.parametrize(
-    "form", ["JSON", "CSV", "pyfunc"],
-)
+@pytest.mark.parametrize("form", ["JSON", "CSV"])
 def test_features_already_scaled_and_booleans_are_refused_saying_to_send_raw_pixels(served, canonical_arrays, form):
     url, _ = served
     features = canonical_arrays["x_test"][:3].reshape(3, 784) / 255  # what the preprocess stage writes
     booleans = canonical_arrays["x_test"][:3].reshape(3, 784) > 127
     for data, says in [(features, f"3 of 3 rows (row 0, 1, 2) {SCALED}"), (booleans, "found booleans: send raw pixel intensities 0-255")]:
-        if form == "pyfunc":
-            with pytest.raises(mlflow.exceptions.MlflowException, match=re.escape(says)):
-                mlflow.pyfunc.load_model(f"models:/mnist-mlp@{VARIANT}").predict(data)
-            continue
         body = json.dumps({"inputs": data.tolist()}).encode() if form == "JSON" else as_csv(data)
         status, answer = post(url, body, "application/json" if form == "JSON" else "text/csv")
         assert status == 400 and says in answer["message"] and "stack_trace" not in answer
@@ -243,9 +198,9 @@ def test_the_server_listens_on_loopback_only(served):
 
 
 def test_a_small_load_mixing_good_and_malformed_requests(served, canonical_arrays):
-    url, local_ensemble = served
+    url, reference = served
     images = canonical_arrays["x_test"][:500].reshape(500, 784)
-    expected = local_ensemble.predict_on_batch(images.astype(np.float32) / 255).argmax(axis=1)
+    expected = reference(images).argmax(axis=1)
     result = load_test(url, images, expected, requests=400, concurrency=8, seconds=120)
     assert result["counts"] == {"correct": 300, "refused": 100}  # no 5xx, drops or wrong answers
 
@@ -283,13 +238,13 @@ def test_what_mlflows_own_scoring_server_does_with_hostile_payloads(served):
 
 
 def test_the_nginx_recipe_refuses_oversized_bodies_and_wrong_types_and_passes_good_requests(served, canonical_arrays):
-    url, local_ensemble = served
+    url, reference = served
     with nginx_proxy(url) as proxy:
         images = canonical_arrays["x_test"][:50].reshape(50, 784)
         status, answer = post(proxy, {"inputs": images.tolist()})
         assert status == 200
-        expected = local_ensemble.predict_on_batch(images.astype(np.float32) / 255)
-        assert [p["digit"] for p in answer["predictions"]] == expected.argmax(axis=1).tolist()
+        expected = reference(images)
+        assert_answers_are_the_ensembles(*answers(answer["predictions"]), expected)
         status, answer = post(proxy, LARGEST_REQUEST, content_type="application/json; charset=utf-8")
         assert status == 200 and len(answer["predictions"]) == MAX_BATCH
 

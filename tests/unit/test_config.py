@@ -8,21 +8,7 @@ import yaml
 from pipeline.config import load_params, parse_params
 from pipeline.errors import ParamsError
 
-from conftest import REPO_ROOT, copy_of_repository
-
-
-def default_raw():
-    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-
-
-def with_value(dotted_key, value):
-    raw = default_raw()
-    *parents, last = dotted_key.split(".")
-    section = raw
-    for key in parents:
-        section = section[key]
-    section[last] = value
-    return raw
+from tests.helpers import REPO_ROOT, copy_of_repository, default_raw, with_value
 
 
 def test_the_shipped_params_are_valid():
@@ -232,6 +218,10 @@ def test_the_stages_read_params_yaml_as_dvc_does(tmp_path):
 
 
 def test_a_key_written_twice_is_refused(tmp_path):
-    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text().replace("  subset: 0 ", "  subset: 0\n  subset: 5 "))
-    with pytest.raises(ParamsError, match=r'not valid YAML at line 21, column 3: found duplicate key "subset" with value "5" \(original value: "0"\)\Z'):
+    text = (REPO_ROOT / "params.yaml").read_text()
+    lines = text.splitlines()
+    (first,) = [number for number, line in enumerate(lines, 1) if line.startswith("  subset: 0 ")]
+    (tmp_path / "params.yaml").write_text(text.replace("  subset: 0 ", "  subset: 0\n  subset: 5 "))
+    # The duplicate is the line after the original, indented two spaces (column 3).
+    with pytest.raises(ParamsError, match=rf'not valid YAML at line {first + 1}, column 3: found duplicate key "subset" with value "5" \(original value: "0"\)\Z'):
         load_params(tmp_path / "params.yaml")

@@ -13,7 +13,7 @@ from pipeline import analysis, stats
 from pipeline.config import load_params
 from pipeline.evaluate import Ensemble, comparison_table
 
-from conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def one_hot_rows(predicted: np.ndarray, confidence: float = 0.9) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def pins(lines):

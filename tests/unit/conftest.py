@@ -1,0 +1,56 @@
+"""Workspaces for the in-process tests of the train and evaluate stages: a repository-like directory
+with a small processed dataset (600 images, 2 epochs, seeds 0 and 1) and its own MLflow store."""
+
+import shutil
+
+import pytest
+
+from pipeline.train import train
+from tests.helpers import only_variants, small_workspace
+
+SEEDS = [0, 1]
+TRAINED = ("mlp-256-64", "mlp-256-64-bn", "mlp-256-256-he-dropout")
+
+
+def enter(directory, monkeypatch) -> None:
+    """Work in `directory` as a stage does: its working directory, its own store."""
+    monkeypatch.chdir(directory)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlflow.db")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+@pytest.fixture(scope="session")
+def processed_workspace(tmp_path_factory, default_params, canonical_npz):
+    """The processed data and its params, made once. Read-only: tests work in a copy (`workspace`)."""
+    root = tmp_path_factory.mktemp("workspace") / "processed"
+    return root, small_workspace(root, default_params, canonical_npz, subset=600, max_epochs=2, seeds=SEEDS)
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(processed_workspace, tmp_path_factory):
+    """processed_workspace after train() of TRAINED, in-process, into its own store. Read-only."""
+    processed, params = processed_workspace
+    root = tmp_path_factory.mktemp("workspace") / "trained"
+    shutil.copytree(processed, root)
+    with pytest.MonkeyPatch.context() as patch:
+        enter(root, patch)
+        for variant in TRAINED:
+            train(params, variant)
+    return root, only_variants(params, *TRAINED)
+
+
+@pytest.fixture
+def workspace(processed_workspace, tmp_path, monkeypatch):
+    """A copy of processed_workspace to work in: its params (all ten variants, none trained)."""
+    shutil.copytree(processed_workspace[0], tmp_path, dirs_exist_ok=True)
+    enter(tmp_path, monkeypatch)
+    return processed_workspace[1]
+
+
+@pytest.fixture
+def trained(trained_workspace, tmp_path, monkeypatch):
+    """A copy of trained_workspace to work in (its store's artifact locations are relative, so the
+    copy reads its own): its params, the TRAINED variants only."""
+    shutil.copytree(trained_workspace[0], tmp_path, dirs_exist_ok=True)
+    enter(tmp_path, monkeypatch)
+    return trained_workspace[1]
