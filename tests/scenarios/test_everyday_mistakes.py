@@ -50,11 +50,13 @@ def scoring_server_answers(repo: Path, images: np.ndarray, alias: str = "champio
 
 
 def in_process_answers(repo: Path, images: np.ndarray, alias: str, monkeypatch) -> tuple[list[int], list]:
-    """mlflow.pyfunc's load of models:/mnist-mlp@ALIAS from the repository root: what the scoring
-    server loads, without starting one where the store, not the server, is what is tested."""
+    """mlflow.pyfunc's load of models:/mnist-mlp@ALIAS from the repository root (its artifact locations
+    are relative to it): what the scoring server loads, without starting one where the store, not the
+    server, is what is tested. The store's path absolute: in one process MLflow keeps an engine per
+    URI, and `sqlite:///mlflow.db` would reach the first repository's."""
     with monkeypatch.context() as patch:
         patch.chdir(repo)
-        patch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
         frame = mlflow.pyfunc.load_model(f"models:/mnist-mlp@{alias}").predict(images)
     return frame["digit"].tolist(), frame["probabilities"].tolist()
 

@@ -3,6 +3,7 @@
 import http.server
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -144,7 +145,7 @@ def test_interrupted_training_is_killed_cleanly_and_the_next_repro_completes(sma
 
     # ... and still the next `dvc repro` completes, evaluate included, and ends what was left RUNNING.
     output = dvc("repro", cwd=repo)
-    assert stages_run(output) == ["validate", f"train@{variant}", "evaluate", "register"]
+    assert stages_run(output) == [f"train@{variant}", "evaluate", "register"]  # validate ran before the kill
     assert f"run '{variant} seed 0' was left RUNNING by a process that is gone: ended it as KILLED" in output
     for run_id in (killed_id, killed.data.tags["mlflow.parentRunId"]):
         ended = client.get_run(run_id)
@@ -216,13 +217,14 @@ def test_a_lost_store_heals_on_the_next_plain_repro_without_retraining_and_serve
     shutil.rmtree(repo / "mlruns")
     healed = dvc("repro", cwd=repo)
     assert stages_run(healed) == ["register"], "nothing retrained, nothing re-evaluated"
-    assert "registered again from models/: mlp-256-64, mlp-256-64-bn" in healed
+    (again,) = re.findall(r"registered again from models/: (.*)", healed)
+    assert sorted(again.split(", ")) == ["mlp-256-64", "mlp-256-64-bn"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
     # Served from the healed store, from the repository root as docs/serving.md says (in-process:
     # what is tested is the store, not the scoring server).
-    monkeypatch.chdir(repo)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    monkeypatch.chdir(repo)  # its artifact locations are relative to the root; the store's path absolute (one engine per URI in-process)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
     images = canonical_arrays["x_test"][:20].reshape(20, 784)
     answer = mlflow.pyfunc.load_model("models:/mnist-mlp@champion").predict(images)
     expected = ensemble_probabilities([repo / f"models/{champion}/seed-{seed}.keras" for seed in (0, 1)], images)

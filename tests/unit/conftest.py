@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
+from pipeline.config import load_params
 from pipeline.train import train
-from tests.helpers import only_variants, small_workspace
+from tests.helpers import REPO_ROOT, edit_params, only_variants, small_workspace
 
 SEEDS = [0, 1]
 TRAINED = ("mlp-256-64", "mlp-256-64-bn", "mlp-256-256-he-dropout")
@@ -36,7 +37,17 @@ def trained_workspace(processed_workspace, tmp_path_factory):
         enter(root, patch)
         for variant in TRAINED:
             train(params, variant)
-    return root, only_variants(params, *TRAINED)
+    trained = only_variants(params, *TRAINED)
+    # Its params.yaml, for the stages that read it themselves (register).
+    shutil.copy2(REPO_ROOT / "params.yaml", root / "params.yaml")
+
+    def as_trained(raw):
+        raw["data"]["subset"], raw["train"]["max_epochs"], raw["train"]["seeds"] = 600, 2, SEEDS
+        raw["variants"] = {name: raw["variants"][name] for name in TRAINED}
+
+    edit_params(root, as_trained)
+    assert load_params(root / "params.yaml") == trained
+    return root, trained
 
 
 @pytest.fixture
