@@ -98,28 +98,25 @@ def test_the_pipeline_logs_everything_to_the_shared_server(small_preprocessed, t
     assert any(artifacts.rglob("MLmodel"))  # and so did the logged models
 
 
-def quick_two_variant_copy(fresh_repo: Path, destination: Path) -> Path:
-    repo = clone(fresh_repo, destination)
-
-    def quick(params):
-        params["data"]["subset"], params["train"]["max_epochs"], params["train"]["seeds"] = 2000, 1, [0]
-        params["variants"] = {name: params["variants"][name] for name in ("mlp-256-64", "mlp-256-64-bn")}
-
-    edit_params(repo, quick)
+def quick_two_variant_copy(small_preprocessed: Path, destination: Path) -> Path:
+    """Two one-epoch variants, one seed, committed: `dvc exp run --queue` and `--temp` run a commit. Its
+    DVC cache holds the run of download and preprocess, which the temporary workspaces restore."""
+    repo = clone(small_preprocessed, destination)
+    edit_params(repo, lambda params: params["train"].update(seeds=[0]))
     commit(repo, "quick")
     return repo
 
 
-def test_a_temporary_dvc_workspace_refuses_the_embedded_store(fresh_repo, tmp_path):
-    repo = quick_two_variant_copy(fresh_repo, tmp_path / "repo")
+def test_a_temporary_dvc_workspace_refuses_the_embedded_store(small_preprocessed, tmp_path):
+    repo = quick_two_variant_copy(small_preprocessed, tmp_path / "repo")
     result = subprocess.run(["dvc", "exp", "run", "--temp"], cwd=repo, env=user_env(), capture_output=True, text=True)
     assert result.returncode != 0
     assert "MLFLOW_TRACKING_URI: this stage runs in a temporary DVC workspace" in result.stdout + result.stderr
 
 
-def test_queued_experiments_run_in_two_workers_against_the_server(fresh_repo, tmp_path, shared_server):
+def test_queued_experiments_run_in_two_workers_against_the_server(small_preprocessed, tmp_path, shared_server):
     url, _ = shared_server
-    repo = quick_two_variant_copy(fresh_repo, tmp_path / "repo")
+    repo = quick_two_variant_copy(small_preprocessed, tmp_path / "repo")
     client = mlflow.MlflowClient(tracking_uri=url)
     experiment = client.get_experiment_by_name("mnist-mlp")
     before = {run.info.run_id for run in client.search_runs([experiment.experiment_id])} if experiment else set()
