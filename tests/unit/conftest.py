@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from pipeline.config import load_params
+from pipeline.evaluate import evaluate
 from pipeline.train import train
 from tests.helpers import REPO_ROOT, edit_params, only_variants, small_workspace
 
@@ -50,6 +51,18 @@ def trained_workspace(processed_workspace, tmp_path_factory):
     return root, trained
 
 
+@pytest.fixture(scope="session")
+def evaluated_workspace(trained_workspace, tmp_path_factory):
+    """trained_workspace after evaluate(): its reports, @champion. Read-only."""
+    trained, params = trained_workspace
+    root = tmp_path_factory.mktemp("workspace") / "evaluated"
+    shutil.copytree(trained, root)
+    with pytest.MonkeyPatch.context() as patch:
+        enter(root, patch)
+        evaluate(params)
+    return root, params
+
+
 @pytest.fixture
 def workspace(processed_workspace, tmp_path, monkeypatch):
     """A copy of processed_workspace to work in: its params (all ten variants, none trained)."""
@@ -65,3 +78,11 @@ def trained(trained_workspace, tmp_path, monkeypatch):
     shutil.copytree(trained_workspace[0], tmp_path, dirs_exist_ok=True)
     enter(tmp_path, monkeypatch)
     return trained_workspace[1]
+
+
+@pytest.fixture
+def evaluated(evaluated_workspace, tmp_path, monkeypatch):
+    """A copy of evaluated_workspace to work in: its params."""
+    shutil.copytree(evaluated_workspace[0], tmp_path, dirs_exist_ok=True)
+    enter(tmp_path, monkeypatch)
+    return evaluated_workspace[1]

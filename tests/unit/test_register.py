@@ -1,6 +1,6 @@
-"""pipeline/register.py in-process, in a copy of the trained workspace (tests/unit/conftest.py)
-after evaluate: a lost store registered again from models/ without retraining, @champion where
-reports/served.json says; a variant removed from params.yaml retired."""
+"""pipeline/register.py in-process, in a copy of the evaluated workspace (tests/unit/conftest.py): a
+lost store registered again from models/ without retraining, @champion where reports/served.json
+says; a variant removed from params.yaml retired."""
 
 import filecmp
 import json
@@ -9,7 +9,6 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.evaluate import evaluate
 from pipeline.register import register
 from tests.helpers import edit_params
 
@@ -17,15 +16,14 @@ SEEDS = [0, 1]
 
 
 @pytest.fixture
-def evaluated(trained, tmp_path):
-    evaluate(trained)
-    return trained, json.loads((tmp_path / "reports/served.json").read_text())["champion"]
+def champion(evaluated, tmp_path):
+    return json.loads((tmp_path / "reports/served.json").read_text())["champion"]
 
 
-def test_a_new_store_gets_every_variant_registered_again_from_the_model_files(evaluated, tmp_path, monkeypatch, capsys):
+def test_a_new_store_gets_every_variant_registered_again_from_the_model_files(evaluated, champion, tmp_path, monkeypatch, capsys):
     """An empty store, as a deleted mlflow.db leaves (in-process MLflow keeps its engine on the deleted
     file, so a new file here; the deleted one: tests/scenarios/test_reliability.py)."""
-    params, champion = evaluated
+    params = evaluated
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/new.db")
     capsys.readouterr()
 
@@ -47,8 +45,8 @@ def test_a_new_store_gets_every_variant_registered_again_from_the_model_files(ev
     assert "nothing was missing" in (register(), capsys.readouterr().out)[1]  # a second register only checks
 
 
-def test_a_variant_removed_from_params_yaml_is_retired(evaluated, tmp_path, capsys):
-    params, champion = evaluated
+def test_a_variant_removed_from_params_yaml_is_retired(evaluated, champion, tmp_path, capsys):
+    params = evaluated
     removed = next(variant for variant in params.variants if variant != champion)
     edit_params(tmp_path, lambda raw: raw["variants"].pop(removed))
     (tmp_path / "reports/served.json").write_text(json.dumps({  # as evaluate would write it for the rest
