@@ -28,14 +28,21 @@ def processed_workspace(tmp_path_factory, default_params, canonical_npz):
     return root, small_workspace(root, default_params, canonical_npz, subset=600, max_epochs=2, seeds=SEEDS)
 
 
+def work_in_copy(prepared, destination, monkeypatch):
+    """Copy a prepared (root, params) workspace to `destination` and work there (its store's artifact
+    locations are relative, so the copy reads its own): its params."""
+    root, params = prepared
+    shutil.copytree(root, destination, dirs_exist_ok=True)
+    enter(destination, monkeypatch)
+    return params
+
+
 @pytest.fixture(scope="session")
 def trained_workspace(processed_workspace, tmp_path_factory):
     """processed_workspace after train() of TRAINED, in-process, into its own store. Read-only."""
-    processed, params = processed_workspace
     root = tmp_path_factory.mktemp("workspace") / "trained"
-    shutil.copytree(processed, root)
     with pytest.MonkeyPatch.context() as patch:
-        enter(root, patch)
+        params = work_in_copy(processed_workspace, root, patch)
         for variant in TRAINED:
             train(params, variant)
     trained = only_variants(params, *TRAINED)
@@ -54,35 +61,25 @@ def trained_workspace(processed_workspace, tmp_path_factory):
 @pytest.fixture(scope="session")
 def evaluated_workspace(trained_workspace, tmp_path_factory):
     """trained_workspace after evaluate(): its reports, @champion. Read-only."""
-    trained, params = trained_workspace
     root = tmp_path_factory.mktemp("workspace") / "evaluated"
-    shutil.copytree(trained, root)
     with pytest.MonkeyPatch.context() as patch:
-        enter(root, patch)
-        evaluate(params)
-    return root, params
+        evaluate(work_in_copy(trained_workspace, root, patch))
+    return root, trained_workspace[1]
 
 
 @pytest.fixture
 def workspace(processed_workspace, tmp_path, monkeypatch):
     """A copy of processed_workspace to work in: its params (all ten variants, none trained)."""
-    shutil.copytree(processed_workspace[0], tmp_path, dirs_exist_ok=True)
-    enter(tmp_path, monkeypatch)
-    return processed_workspace[1]
+    return work_in_copy(processed_workspace, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def trained(trained_workspace, tmp_path, monkeypatch):
-    """A copy of trained_workspace to work in (its store's artifact locations are relative, so the
-    copy reads its own): its params, the TRAINED variants only."""
-    shutil.copytree(trained_workspace[0], tmp_path, dirs_exist_ok=True)
-    enter(tmp_path, monkeypatch)
-    return trained_workspace[1]
+    """A copy of trained_workspace to work in: its params, the TRAINED variants only."""
+    return work_in_copy(trained_workspace, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def evaluated(evaluated_workspace, tmp_path, monkeypatch):
     """A copy of evaluated_workspace to work in: its params."""
-    shutil.copytree(evaluated_workspace[0], tmp_path, dirs_exist_ok=True)
-    enter(tmp_path, monkeypatch)
-    return evaluated_workspace[1]
+    return work_in_copy(evaluated_workspace, tmp_path, monkeypatch)
