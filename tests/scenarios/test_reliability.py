@@ -174,8 +174,10 @@ class SilentServer:
 
 def test_an_unreachable_tracking_server_stops_the_stage_at_once_naming_it_never_its_password(small_preprocessed, tmp_path):
     repo = clone(small_preprocessed, tmp_path / "repo")
-    closed_port = free_port()  # nothing listens there
     with SilentServer() as silent_port:
+        # Nothing listens there. Picked after the silent server has its port: the system could hand
+        # a port just released by free_port to the silent server.
+        closed_port = wait_until(lambda: (port := free_port()) != silent_port and port, 10, "a free port")
         for port, says in [(closed_port, "nothing listens there (connection refused)"), (silent_port, "no answer within 10 s")]:
             env = user_env(MLFLOW_TRACKING_URI=f"http://reader:PASSWORD@127.0.0.1:{port}")
             for command in (["pipeline.train", "mlp-256-64"], ["pipeline.evaluate"]):
