@@ -5,6 +5,7 @@ real things (DVC, `mlflow models serve`, PostgreSQL, Chromium, nginx) and are ma
 Prepared repositories are made once per session and never changed: a test that changes one takes
 its own `clone` (cp -a) of it."""
 
+
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ UNIT_TIMEOUT = 300
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SCENARIOS in Path(item.fspath).parents:
+        if SCENARIOS in item.path.parents:
             item.add_marker(pytest.mark.slow)
         elif item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))
