@@ -20,8 +20,12 @@ SCENARIOS = REPO_ROOT / "tests" / "scenarios"
 UNIT_TIMEOUT = 300
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
+        if "quick_run" in item.fixturenames:
+            # One worker builds the quick run (minutes) and runs every test that reads it.
+            item.add_marker(pytest.mark.xdist_group("quick_run"))
         if SCENARIOS in item.path.parents:
             item.add_marker(pytest.mark.slow)
         elif item.get_closest_marker("timeout") is None:
