@@ -448,6 +448,8 @@ def write_summaries(table: pd.DataFrame, replicates: pd.DataFrame, mcnemar: dict
         json.dump(summary, f, indent=2, allow_nan=False)
     served = {
         "champion": champion["variant"],
+        # None on the main line; a DVC experiment's results never move the main line's aliases (register).
+        "experiment": registry.dvc_experiment(),
         "ensembles": {variant: sorted(map(int, replicates[replicates["variant"] == variant]["seed"])) for variant in table["variant"]},
         "failed_replicates": {variant: [{"seed": seed, "reason": reason} for seed, reason in by_seed.items()] for variant, by_seed in failures.items() if by_seed},
     }
@@ -515,7 +517,8 @@ def evaluate(params: Params) -> str:
 
     # The ensemble of each variant's replicates that finished with finite outputs.
     files = {variant: {seed: replicate_model_path(variant, seed) for seed in score.replicates["seed"]} for variant, score in scored.items()}
-    versions, _ = registry.ensure_registered(files, images[:1], "evaluate")
+    experiment = registry.dvc_experiment()
+    versions, _ = registry.ensure_registered(files, images[:1], "evaluate", experiment)
     with tracking.run("evaluate", {"dvc_stage": "evaluate", "champion": name}, experiment=tracking.EVALUATION_EXPERIMENT) as evaluation:
         reports = [REPORTS_DIR / f"comparison.{suffix}" for suffix in ("csv", "md", "png")]
         reports += [DIFFERENCES_DIR / name for name in ("per_class.csv", "calibration.csv", "confused_pairs.csv", "reliability.png", "mistakes.png", "disagreements.png")]
@@ -525,18 +528,20 @@ def evaluate(params: Params) -> str:
     runs = registry.version_runs(versions)
     tracking.record_results(
         {variant: {key: float(row[key]) for key in RUN_METRICS if pd.notna(row[key])} for variant, row in rows.iterrows()},
-        runs, name, evaluation.info.run_id,
+        runs, name, evaluation.info.run_id, retag_former_champions=experiment is None,
     )
     for variant, (run_id, _) in runs.items():  # MLflow's own classifier evaluation of what is served
         tracking.log_classifier_evaluation(run_id, labels["test"], ensembles[variant].test.argmax(axis=1))
     registry.describe_versions({variant: version_description(row, sorted(files[variant]), name, rule) for variant, row in rows.iterrows()}, versions)
     views.save_comparison_view(evaluation.info.run_id)
-    registry.set_champion(versions[name], name)
+    alias = registry.set_champion(versions[name], name, experiment)
 
     print(table[COLUMNS].to_string(index=False, float_format=lambda value: f"{value:.4f}"))
     if any(failures.values()):
         print(f"evaluate:{left_out(failures)}")
-    print(f"evaluate: champion {name} (version {versions[name]}): models:/{registry.REGISTERED_MODEL}@champion")
+    print(f"evaluate: champion {name} (version {versions[name]}): models:/{registry.REGISTERED_MODEL}@{alias}")
+    if experiment:
+        print(f"evaluate: experiment {experiment}: @champion and the variants' aliases stay the main line's ({registry.RETURN_TO_MAIN_LINE})")
     links = views.ui_links([runs[variant][0] for variant in table["variant"] if variant in runs])
     print("evaluate: the comparison in the MLflow UI (`make ui` serves it here; docs/mlflow.md):")
     for what, link in links.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import matplotlib
@@ -77,6 +78,18 @@ def training_curves(histories: dict[int, pd.DataFrame], title: str) -> plt.Figur
     return figure
 
 
+@contextlib.contextmanager
+def fixed_global_random_state(seed: int = 0):
+    """numpy's global generator seeded for the block, then as it was: the same inputs draw the same
+    figure, byte for byte (DVC caches it)."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def comparison_chart(table: pd.DataFrame, replicates: pd.DataFrame, champion: str, tied: list[str], rule: str) -> plt.Figure:
     """Per variant, validation and test accuracy: every replicate as a dot, their mean with its 95%
     t-interval, the seed ensemble (what is served) as a diamond, with its 95% Wilson interval on the
@@ -85,7 +98,8 @@ def comparison_chart(table: pd.DataFrame, replicates: pd.DataFrame, champion: st
     rows = np.arange(len(order))
     figure, axes = plt.subplots(1, 2, sharey=True, figsize=(13, 0.55 * len(order) + 2))
     for axis, split in zip(axes, ["val", "test"]):
-        sns.stripplot(data=replicates, x=f"{split}_accuracy", y="variant", order=order, color="0.55", size=4, jitter=0.15, ax=axis)
+        with fixed_global_random_state():  # seaborn's jitter draws from numpy's global generator
+            sns.stripplot(data=replicates, x=f"{split}_accuracy", y="variant", order=order, color="0.55", size=4, jitter=0.15, ax=axis)
         means = table[f"{split}_accuracy_mean"].to_numpy()
         low, high = table[f"{split}_accuracy_ci_low"].to_numpy(), table[f"{split}_accuracy_ci_high"].to_numpy()
         errors = np.nan_to_num([means - low, high - means])  # one seed: no interval to draw

@@ -3,7 +3,8 @@ DVC's files, without retraining.
 
 After a lost or replaced store (a deleted mlflow.db, a new MLFLOW_TRACKING_URI) each variant's
 seed ensemble that evaluate compared is registered again from models/, and the variants' aliases
-and `@champion` point where reports/served.json says. When nothing is lost it only checks.
+and `@champion` point where reports/served.json says. When nothing is lost it only checks. When
+served.json holds a DVC experiment's results, only that experiment's `@exp-NAME` is pointed.
 
     python -m pipeline.register
 """
@@ -18,30 +19,39 @@ from pipeline.data import DataError, load_split, raw_pixels
 from pipeline.paths import PROCESSED_DIR, SERVED_JSON, replicate_model_path, split_path
 
 
-def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]]]:
-    """The champion and, per variant, the seeds of the ensemble evaluate compared (its served.json)."""
+def compared_ensembles(variants: list[str]) -> tuple[str, dict[str, list[int]], str | None]:
+    """The champion, per variant the seeds of the ensemble evaluate compared (its served.json), and the
+    DVC experiment they are the results of (None: the main line's)."""
     try:
         summary = json.loads(SERVED_JSON.read_text())
-        champion, ensembles = summary["champion"], summary["ensembles"]
+        champion, ensembles, experiment = summary["champion"], summary["ensembles"], summary.get("experiment")
     except FileNotFoundError:
         raise DataError(f"{SERVED_JSON} is missing: run `dvc repro evaluate`") from None
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{SERVED_JSON} is not what evaluate writes ({type(error).__name__}): run `dvc repro -f evaluate`") from None
     if sorted(ensembles) != sorted(variants):
         raise DataError(f"{SERVED_JSON} compares {sorted(ensembles)}, params.yaml has {sorted(variants)}: run `dvc repro`")
-    return champion, ensembles
+    return champion, ensembles, experiment
 
 
 def register() -> dict[str, int]:
     params = load_params()
     store.check_store()
-    champion, ensembles = compared_ensembles(list(params.variants))
+    # The workspace's results, whoever runs this: a plain `dvc repro` after `dvc exp run` finds the
+    # experiment's results still there, and they must not move the main line's aliases either.
+    champion, ensembles, experiment = compared_ensembles(list(params.variants))
     files = {variant: {seed: replicate_model_path(variant, seed) for seed in seeds} for variant, seeds in ensembles.items()}
     example = raw_pixels(load_split(split_path("test", PROCESSED_DIR))[0][:1])
-    versions, again = registry.ensure_registered(files, example, "register")
+    versions, again = registry.ensure_registered(files, example, "register", experiment)
     for variant in again:
         registry.describe_registered_again(variant, versions[variant])
-    registry.set_champion(versions[champion], champion)
+    alias = registry.set_champion(versions[champion], champion, experiment)
+    if experiment:
+        print(
+            f"register: the workspace holds experiment {experiment}'s results: its champion {champion} is @{alias} "
+            f"(version {versions[champion]}); @champion and the variants' aliases stay the main line's ({registry.RETURN_TO_MAIN_LINE})"
+        )
+        return versions
     retired = registry.retire_aliases(list(params.variants))
     if retired:
         print(

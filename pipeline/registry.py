@@ -1,5 +1,9 @@
 """The registered model `mnist-mlp` in MLflow's registry: a version per variant's seed ensemble,
 logged as the served model; its aliases (one per variant, and `@champion`), kept servable.
+
+The aliases are the main line's (`dvc repro`). A DVC experiment (`dvc exp run`, which names it in
+DVC_EXP_NAME) registers its versions, tagged with its name, and points only `@exp-NAME` at its
+champion: trying something never changes what is served.
 """
 
 from __future__ import annotations
@@ -7,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,12 +34,19 @@ from pipeline.tracking import run
 REGISTERED_MODEL = "mnist-mlp"
 CHAMPION_ALIAS = "champion"
 RETIRED_TAG = "retired"  # on a version whose variant left params.yaml: when its alias was removed
+EXPERIMENT_VARIABLE = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage it runs
+EXPERIMENT_TAG = "dvc_experiment"  # on a version registered by an experiment: its name
+# After a workspace experiment: its params undone, each stage's main-line outputs come back from
+# DVC's run cache, nothing retrained.
+RETURN_TO_MAIN_LINE = "back to the main line's results, without retraining: git checkout params.yaml && dvc repro"
 REGISTERED_MODEL_DESCRIPTION = (
     "One version per variant: the seed ensemble of its replicates (the mean of their probabilities), served "
     "from raw pixels. Each variant's alias (`@mlp-256-64`, ...) points at its newest version; `@champion` at "
     "the variant whose seed ensemble, what is served, has the best validation accuracy (params.yaml "
     "`champion.select`; the test set reports, it never chooses). Each version's description gives its "
-    "validation and test accuracy with intervals, and whether it is tied with the champion."
+    "validation and test accuracy with intervals, and whether it is tied with the champion. A DVC experiment "
+    "(`dvc exp run`) moves none of these: its versions carry the tag `dvc_experiment`, its champion the alias "
+    "`@exp-NAME`."
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -73,10 +86,20 @@ def serving_requirements() -> list[str]:
     return pins
 
 
-def log_and_register_model(model_files: dict[int, Path], variant: str, example: np.ndarray) -> int:
+def dvc_experiment() -> str | None:
+    """The DVC experiment the stage runs for (`dvc exp run`), or None on the main line (`dvc repro`)."""
+    return os.environ.get(EXPERIMENT_VARIABLE) or None
+
+
+def experiment_alias(experiment: str) -> str:
+    """The alias of an experiment's champion: `exp-` and its name, in the characters an alias may hold."""
+    return "exp-" + re.sub(r"[^\w-]", "-", experiment)
+
+
+def log_and_register_model(model_files: dict[int, Path], variant: str, example: np.ndarray, experiment: str | None = None) -> int:
     """Log the variant's seed ensemble (one member per seed) into the active run as the served
-    model, register it, point the variant's alias at it. A member that is not a readable Keras
-    model of finite weights is refused: nothing unservable is registered."""
+    model, register it, and on the main line point the variant's alias at it. A member that is not
+    a readable Keras model of finite weights is refused: nothing unservable is registered."""
     seeds = sorted(model_files)
     for seed in seeds:
         if not has_finite_weights(load_replicate(model_files[seed], variant)):
@@ -107,7 +130,10 @@ def log_and_register_model(model_files: dict[int, Path], variant: str, example: 
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "seeds", json.dumps(seeds))
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "models_md5", models_md5([model_files[s] for s in seeds]))
     client.set_model_version_tag(REGISTERED_MODEL, str(version), "serving_code_md5", serving_code_md5())
-    point_alias(variant, version)
+    if experiment:
+        client.set_model_version_tag(REGISTERED_MODEL, str(version), EXPERIMENT_TAG, experiment)
+    else:
+        point_alias(variant, version)
     return version
 
 
@@ -145,22 +171,26 @@ def find_registered_versions(model_files: dict[str, dict[int, Path]], stage: str
     return found
 
 
-def ensure_registered(model_files: dict[str, dict[int, Path]], example: np.ndarray, stage: str) -> tuple[dict[str, int], list[str]]:
+def ensure_registered(
+    model_files: dict[str, dict[int, Path]], example: np.ndarray, stage: str, experiment: str | None = None
+) -> tuple[dict[str, int], list[str]]:
     """Each variant's registered seed ensemble of exactly `model_files` (its finished replicates),
-    its alias pointed there; what the store lacks or cannot serve (lost, replaced, or new serving
-    code) is logged again from DVC's files, in a run of its own. A variant without files loses its
-    alias. The versions, and the variants registered again."""
+    on the main line its alias pointed there; what the store lacks or cannot serve (lost, replaced,
+    or new serving code) is logged again from DVC's files, in a run of its own. On the main line a
+    variant without files loses its alias. The versions, and the variants registered again."""
     versions = find_registered_versions({variant: files for variant, files in model_files.items() if files}, stage)
     again = []
     for variant, files in model_files.items():
         if not files:  # every replicate failed: nothing to serve under its name
-            drop_alias(variant)
+            if not experiment:
+                drop_alias(variant)
         elif versions[variant] is not None:
-            point_alias(variant, versions[variant])
+            if not experiment:
+                point_alias(variant, versions[variant])
         else:
             print(f"{stage}: registering {variant} again from models/{variant}/ (the registry has no servable version of these models and serving code)")
             with run(variant, {"dvc_stage": f"train@{variant}", "registered_by": stage}):
-                versions[variant] = log_and_register_model(files, variant, example)
+                versions[variant] = log_and_register_model(files, variant, example, experiment)
             again.append(variant)
     return versions, again
 
@@ -207,9 +237,15 @@ def point_alias(alias: str, version: int) -> None:
     mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, alias, str(version))
 
 
-def set_champion(version: int, variant: str) -> None:
+def set_champion(version: int, variant: str, experiment: str | None = None) -> str:
+    """Point the champion's alias at `version`: `@champion` on the main line, `@exp-NAME` for an
+    experiment. The alias."""
+    if experiment:
+        point_alias(alias := experiment_alias(experiment), version)
+        return alias
     point_alias(CHAMPION_ALIAS, version)
     mlflow.MlflowClient().set_registered_model_tag(REGISTERED_MODEL, "champion_variant", variant)
+    return CHAMPION_ALIAS
 def logged_model_id(model_version) -> str | None:
     """The logged model a registered version came from (MLflow 3 names it in the version's source,
     `models:/m-...`, and leaves `model_id` empty here): its metrics show on the version's page."""

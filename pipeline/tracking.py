@@ -295,17 +295,20 @@ def record_evaluation(metrics: dict[str, float], table, files: list[Path]) -> No
         mlflow.log_artifact(str(path))
 
 
-def record_results(results: dict[str, dict[str, float]], runs: dict[str, tuple[str, str | None]], champion: str, evaluation: str) -> None:
+def record_results(
+    results: dict[str, dict[str, float]], runs: dict[str, tuple[str, str | None]], champion: str, evaluation: str,
+    retag_former_champions: bool = True,
+) -> None:
     """What evaluate (its run: `evaluation`) adds to each variant's run `runs[variant]` (run id, and
     the logged model of its registered version, whose page shows them too): its test metrics and the
-    tag `comparison`; the tag champion, true on the champion's run and false on the others and on
-    former champions."""
+    tag `comparison`; the tag champion, true on the champion's run and false on the others and (on
+    the main line, not for a DVC experiment) on former champions."""
     client, timestamp = mlflow.MlflowClient(), int(time.time() * 1000)
     for variant, (run_id, model_id) in runs.items():
         metrics = [Metric(name, value, timestamp, 0, model_id=model_id) for name, value in results[variant].items()]
         client.log_batch(run_id, metrics=metrics, tags=[RunTag(COMPARISON_TAG, evaluation)])
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    formers = {run.info.run_id for run in client.search_runs([experiment_id], f"tags.{CHAMPION_TAG} = 'true'")}
+    formers = {run.info.run_id for run in client.search_runs([experiment_id], f"tags.{CHAMPION_TAG} = 'true'")} if retag_former_champions else set()
     # Set, never deleted: evaluates running side by side (queued experiments) may reach the same run.
     champion_run = runs[champion][0]
     for run_id in formers | {run_id for run_id, _ in runs.values()}:

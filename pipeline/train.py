@@ -205,11 +205,13 @@ def train(params: Params, variant: str, processed_dir=PROCESSED_DIR) -> dict:
         )
         if replicates:  # the seed ensemble of its finished replicates, logged in this run as the served model
             version = registry.log_and_register_model(
-                {seed: replicate_model_path(variant, seed) for seed in replicates}, variant, raw_pixels(validation_split[0][:1])
+                {seed: replicate_model_path(variant, seed) for seed in replicates}, variant, raw_pixels(validation_split[0][:1]),
+                registry.dvc_experiment(),
             )
     if not replicates:
         tracking.fail_run(variant_run.info.run_id, f"every replicate diverged (seeds {', '.join(map(str, seeds))})")
-        registry.drop_alias(variant)  # an older version must not be served under its name
+        if not registry.dvc_experiment():
+            registry.drop_alias(variant)  # an older version must not be served under its name
         print(f"train@{variant}: every replicate diverged: nothing registered; evaluate lists the variant without statistics")
         return metrics
     spread = f" ± {metrics['val_accuracy_std']:.4f}" if metrics["val_accuracy_std"] is not None else ""

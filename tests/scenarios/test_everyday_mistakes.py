@@ -1,5 +1,5 @@
-"""Everyday mistakes lose nothing: a params.yaml typo, a moved or copied repository, a removed
-variant, MLflow's file store. Each drives the real thing: `dvc repro`, `mv`, `cp -a`, a real
+"""Everyday mistakes lose nothing: a params.yaml typo, a quick experiment in a trained checkout, a
+moved or copied repository, a removed variant, MLflow's file store. Each drives the real thing: `dvc repro`, `mv`, `cp -a`, a real
 `mlflow models serve`."""
 
 import json
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from unittest.mock import ANY
 
 import mlflow
 import numpy as np
@@ -103,6 +104,38 @@ def test_a_params_mistake_touches_no_output_and_its_fix_retrains_nothing(trained
     fixed = dvc("repro", cwd=repo)
     assert not [stage for stage in stages_run(fixed) if stage not in ("validate", "register")], "nothing retrained or re-evaluated"
     assert digests(repo, *OUTPUTS) == before
+
+
+def test_a_quick_experiment_never_moves_what_is_served_and_one_command_brings_the_results_back(trained_repo, canonical_arrays, monkeypatch):
+    """The README's quick run (`dvc exp run -S ...`) in the checkout of a trained pipeline: its champion
+    is @exp-NAME, @champion still answers as before; the documented way back retrains nothing."""
+    repo = trained_repo
+    images = canonical_arrays["x_test"][:20].reshape(20, 784)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    aliases = client.get_registered_model("mnist-mlp").aliases
+    answers = in_process_answers(repo, images, "champion", monkeypatch)
+    before = digests(repo, *OUTPUTS)
+
+    output = dvc("exp", "run", "-n", "quick", "-S", "data.subset=1000", "-S", "train.seeds=[0,1,2]", cwd=repo)
+    assert {"train@mlp-256-64", "train@mlp-256-64-bn", "evaluate"} <= set(stages_run(output))
+    assert "@champion and the variants' aliases stay the main line's" in output
+    assert client.get_registered_model("mnist-mlp").aliases == {**aliases, "exp-quick": ANY}
+    quick = client.get_model_version_by_alias("mnist-mlp", "exp-quick")
+    assert quick.tags["dvc_experiment"] == "quick" and quick.tags["seeds"] == "[0, 1, 2]"
+    assert in_process_answers(repo, images, "champion", monkeypatch) == answers
+    # A plain `dvc repro` now finds the experiment's results in the workspace: they move nothing either.
+    assert "the workspace holds experiment quick's results" in dvc("repro", cwd=repo)
+    assert client.get_registered_model("mnist-mlp").aliases == {**aliases, "exp-quick": ANY}
+
+    back = subprocess.run("git checkout params.yaml && dvc repro", shell=True, cwd=repo, env=user_env(), capture_output=True, text=True)
+    assert back.returncode == 0, back.stdout + back.stderr
+    # The trainings come back from DVC's run cache; evaluate (its reports are git's, not the cache's) reruns.
+    assert [stage for stage in stages_run(back.stdout) if stage.startswith("train@")] == [], "nothing retrained"
+    assert "Stage 'train@mlp-256-64' is cached - skipping run, checking out outputs" in back.stdout
+    assert digests(repo, *OUTPUTS) == before
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert status == "", status  # dvc.lock and reports/ as committed
+    assert in_process_answers(repo, images, "champion", monkeypatch) == answers
 
 
 def test_a_moved_repository_serves_and_a_copy_reads_and_writes_only_its_own_store(trained_repo, tmp_path, canonical_arrays, monkeypatch):

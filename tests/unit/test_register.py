@@ -1,15 +1,19 @@
 """pipeline/register.py in-process, in a copy of the evaluated workspace (tests/unit/conftest.py): a
 lost store registered again from models/ without retraining, @champion where reports/served.json
-says; a variant removed from params.yaml retired."""
+says; a variant removed from params.yaml retired; a DVC experiment's results moving none of the main
+line's aliases."""
 
 import filecmp
 import json
 from pathlib import Path
+from unittest.mock import ANY
 
 import mlflow
 import pytest
 
+from pipeline.evaluate import evaluate
 from pipeline.register import register
+from pipeline.train import train
 from tests.helpers import edit_params
 
 SEEDS = [0, 1]
@@ -61,3 +65,32 @@ def test_a_variant_removed_from_params_yaml_is_retired(evaluated, champion, tmp_
     client = mlflow.MlflowClient()
     assert removed not in client.get_registered_model("mnist-mlp").aliases
     assert client.get_model_version_by_alias("mnist-mlp", "champion").tags["variant"] == champion
+
+
+def test_an_experiment_registers_its_champion_as_exp_name_and_moves_no_main_line_alias(evaluated, tmp_path, monkeypatch, capsys):
+    """train and evaluate under `dvc exp run` (DVC_EXP_NAME set), with other settings (one seed), then a
+    plain register: the main line's aliases and champion tags stay where they were."""
+    params = evaluated
+    client = mlflow.MlflowClient()
+    main_line = client.get_registered_model("mnist-mlp").aliases
+    (main_champion_run,) = [run.info.run_id for run in client.search_runs(
+        [client.get_experiment_by_name("mnist-mlp").experiment_id], "tags.champion = 'true'")]
+
+    monkeypatch.setenv("DVC_EXP_NAME", "quick-try")
+    one_seed = params.model_copy(update={"train": params.train.model_copy(update={"seeds": [0]})})
+    for variant in one_seed.variants:
+        train(one_seed, variant)
+    champion = evaluate(one_seed)
+
+    assert client.get_registered_model("mnist-mlp").aliases == {**main_line, "exp-quick-try": ANY}
+    version = client.get_model_version_by_alias("mnist-mlp", "exp-quick-try")
+    assert (version.tags["variant"], version.tags["seeds"], version.tags["dvc_experiment"]) == (champion, "[0]", "quick-try")
+    assert version.version not in main_line.values()  # one seed: other models, a version of their own
+    assert json.loads((tmp_path / "reports/served.json").read_text())["experiment"] == "quick-try"
+    assert client.get_run(main_champion_run).data.tags["champion"] == "true"
+
+    monkeypatch.delenv("DVC_EXP_NAME")  # a plain `dvc repro` afterwards: served.json still the experiment's
+    capsys.readouterr()
+    register()
+    assert "git checkout params.yaml && dvc repro" in capsys.readouterr().out
+    assert client.get_registered_model("mnist-mlp").aliases == {**main_line, "exp-quick-try": ANY}
