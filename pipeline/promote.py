@@ -61,6 +61,9 @@ def promote(params: Params, top: int, path=PARAMS_FILE) -> list[str]:
     trials = best_trials(study, top)
     if not trials:
         raise PipelineError(f"study {settings.study} in {where} has no complete trial yet: run `make search`")
+    if len(trials) < top:
+        complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        print(f"promote: {len(trials)} of the {top} asked: study {settings.study} has {len(trials)} distinct designs among its {complete} complete trials")
 
     yaml = YAML()  # round trip: params.yaml keeps its comments and layout
     yaml.width = 4096

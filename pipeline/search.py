@@ -8,16 +8,19 @@ The study lives in an Optuna storage: this checkout's SQLite file by default, or
 worker on every host shares (`search.storage`, or OPTUNA_STORAGE): the same command started again,
 here or elsewhere, joins the study. `search.trials` counts trials across all workers. A worker that
 dies mid-trial stops its heartbeat: the next worker to start a trial marks it failed and runs its
-design again, once.
+design again, once. Workers started together draw different designs (TrialSeededSampler), and a
+design drawn twice is trained once: the second trial takes the first one's scores.
 
     python -m pipeline.search
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -27,7 +30,7 @@ import pandas as pd
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from pipeline import plots, stage, studies, tracking, training
+from pipeline import plots, stage, store, studies, tracking, training
 from pipeline.config import Params, SearchSpace, VariantSpec, load_params
 from pipeline.data import load_split
 from pipeline.errors import PipelineError, without_credentials
@@ -42,6 +45,60 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 class TrialFailed(PipelineError):
     """A trial that cannot be scored: a replicate diverged, the worker's time ran out mid-trial, or
     the budget was taken by other workers before it started."""
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE whose draws for trial N come from a generator seeded by (sampler_seed, N).
+
+    Optuna numbers trials atomically across workers: workers started together on one study draw
+    different designs (one seed per worker would have them all draw the same), and one worker alone
+    draws the same designs on every run. TPE's constant liar counts the other workers' running
+    trials as bad ones, so it does not draw next to them either."""
+
+    def __init__(self, seed: int, random_trials: int):
+        self.seed, self.random_trials = seed, random_trials
+        self.sampler = self.for_trial(0)
+
+    def for_trial(self, number: int) -> optuna.samplers.TPESampler:
+        seed = int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0])
+        return optuna.samplers.TPESampler(n_startup_trials=self.random_trials, seed=seed, constant_liar=True)
+
+    def before_trial(self, study, trial):
+        self.sampler = self.for_trial(trial.number)
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self):
+        self.sampler.reseed_rng()
+
+
+def twin_of(trial: optuna.Trial, design: dict, heartbeat_seconds: int) -> optuna.trial.FrozenTrial | None:
+    """Another trial of the same design, once it has an outcome: complete or pruned, to take it from;
+    None if there is none (or it failed: this trial trains the design). While the twin runs, wait for
+    it, failing it if its worker's heartbeat stops, rather than train the same design twice."""
+    while True:
+        twins = [
+            other for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+            if other.number != trial.number and other.user_attrs.get("spec") == design
+        ]
+        settled = [other for other in twins if other.state != TrialState.RUNNING]
+        if settled or not twins:
+            return min(settled, key=lambda other: other.number) if settled else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(trial.study)  # its worker may be gone
+        time.sleep(heartbeat_seconds)
 
 
 def failed(trial: optuna.Trial, reason: str) -> TrialFailed:
@@ -140,10 +197,14 @@ def objective_for(params: Params, search_run: str, splits: tuple, deadline: floa
             raise failed(trial, f"beyond the budget of {search.trials} trials (another worker started the last one): not run")
         spec = candidate_spec(params, suggest_design(trial, search.space))
         name = design_name(spec, trial.number)
+        design = json.loads(spec.model_dump_json())  # as the study stores it
         logged = {**spec.model_dump(), "variant": name, "seeds": search.seeds}
+        twin = twin_of(trial, design, search.heartbeat_seconds)
         run_id = tracking.trial_run(search_run, search.study, trial.number, logged)
-        for key, value in {"variant": name, "spec": spec.model_dump(), "mlflow_run_id": run_id, "worker": worker}.items():
+        for key, value in {"variant": name, "spec": design, "mlflow_run_id": run_id, "worker": worker}.items():
             trial.set_user_attr(key, value)
+        if twin is not None:
+            return outcome_of_twin(trial, twin, run_id)
         reporter = ReportEachEpoch(trial, run_id, search.seeds, deadline)
         guard = training.StopOnDivergence(search.seeds)
         print(f"search: trial {trial.number} {name}: {spec.epochs} epochs at most, seeds {search.seeds}")
@@ -177,6 +238,24 @@ def objective_for(params: Params, search_run: str, splits: tuple, deadline: floa
         return value
 
     return objective
+
+
+def outcome_of_twin(trial: optuna.Trial, twin: optuna.trial.FrozenTrial, run_id: str) -> float:
+    """The trial's outcome taken from a trial of the same design (the same seeds and data: the same
+    training): its per-epoch values, and its score or its pruning. Nothing is trained."""
+    trial.set_user_attr("same_design_as", twin.number)
+    for epoch, value in sorted(twin.intermediate_values.items()):
+        trial.report(value, epoch)
+    for key in ("epochs_trained", "train_seconds"):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    note = f"the same design as trial {twin.number}: its outcome taken, not trained again"
+    print(f"search: trial {trial.number} is {note}")
+    if twin.state == TrialState.PRUNED:
+        tracking.end_trial_run(run_id, "pruned", twin.intermediate_values[max(twin.intermediate_values)] if twin.intermediate_values else None, f"Pruned: {note}")
+        raise optuna.TrialPruned(note)
+    tracking.end_trial_run(run_id, "complete", twin.value, f"Complete: {note} (mean validation accuracy {twin.value:.4f})")
+    return twin.value
 
 
 DESIGN_COLUMNS = ["hidden_layers", "batch_norm", "dropout", "input_dropout", "max_norm", "learning_rate", "batch_size", "epochs", "initializer"]
@@ -220,8 +299,9 @@ def search(params: Params, processed_dir: Path = PROCESSED_DIR) -> optuna.Study:
     settings = params.search
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module's lines say what each trial did
     storage = studies.open_storage(settings)  # an unreachable storage stops here, before any data is read
+    store.check_store()  # so does an unreachable MLflow; a new sqlite store is created once, whoever comes first
     splits = (load_split(split_path("train", processed_dir)), load_split(split_path("validation", processed_dir)))
-    sampler = optuna.samplers.TPESampler(n_startup_trials=settings.random_trials, seed=settings.sampler_seed)
+    sampler = TrialSeededSampler(settings.sampler_seed, settings.random_trials)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner.startup_trials, n_warmup_steps=settings.pruner.warmup_epochs)
     study = optuna.create_study(
         study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True

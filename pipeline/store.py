@@ -9,6 +9,7 @@ or copied repository reads and writes its own (relocate_embedded_store).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import sqlite3
@@ -93,6 +94,27 @@ def relocate_embedded_store() -> int:
     return rewritten
 
 
+def create_sqlite_store() -> None:
+    """Create a sqlite store's tables, once, whoever comes first. Stages or search workers started
+    together on a new checkout would race to run MLflow's migrations in one file and all but one die
+    ("Online migration expected to match one row ... in 'alembic_version'"): the first creates them
+    under an exclusive flock of the file (sqlite's own locks are fcntl's, apart), the rest then find them."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+    if not database.parent.is_dir():
+        raise SetupError(f"MLFLOW_TRACKING_URI={uri}: the folder {database.parent} does not exist; create it or fix the URI")
+    with open(database, "ab") as handle:  # an empty file is a new sqlite database
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            client = mlflow.MlflowClient()
+            client.search_experiments(max_results=1)  # the tracking tables
+            client.search_registered_models(max_results=1)  # the registry's
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def check_store() -> None:
     """Before any work: the store has a registry and fits this workspace, the embedded store's
     artifacts are this checkout's own, and a tracking server answers within STORE_CHECK_SECONDS,
@@ -100,6 +122,7 @@ def check_store() -> None:
     never its credentials."""
     check_store_has_registry()
     check_store_fits_workspace()
+    create_sqlite_store()
     relocate_embedded_store()
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):

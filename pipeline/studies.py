@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from pipeline import tracking
 from pipeline.config import SearchParams
@@ -42,7 +42,11 @@ def open_storage(search: SearchParams) -> RDBStorage:
     url, source = storage_url(search)
     engine = {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        if source == "the default":
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():  # a typo would otherwise grow a folder tree and run the study there
+            raise SetupError(f"the study's storage {url} (from {source}): the folder {folder} does not exist; create it or fix {source}")
         engine["connect_args"] = {"timeout": 60}  # local workers take turns at the file
     elif url.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds
@@ -89,5 +93,7 @@ def fail_abandoned_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
     if run_id := trial.user_attrs.get("mlflow_run_id"):
         note = f"Failed: its worker ({trial.user_attrs.get('worker', 'unknown')}) stopped answering mid-trial (killed, or its host was lost)."
         tracking.end_trial_run(run_id, "failed", note=note)
-    RetryFailedTrialCallback(max_retry=1)(study, trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since Optuna 2.8, and kept
+        RetryHeartbeatStaleTrialCallback(max_retry=1)(study, trial)
     print(f"search: trial {trial.number} was abandoned by its worker: marked failed, its design queued again")

@@ -16,20 +16,33 @@ from pipeline.download import fetch
 from tests.helpers import REPO_ROOT, clone, commit, copy_of_repository, dvc, edit_params
 
 SCENARIOS = REPO_ROOT / "tests" / "scenarios"
+# The modules whose tests read the quick run (minutes to build): one pytest-xdist worker builds it
+# and runs them all, the others share the rest test by test.
+QUICK_RUN_MODULES = ("tests/scenarios/test_quick_pipeline.py", "tests/scenarios/test_ui.py")
 # pytest-timeout's limit when a test names none (pyproject.toml holds the default for all).
 UNIT_TIMEOUT = 300
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "quick_run" in item.fixturenames:
-            # One worker builds the quick run (minutes) and runs every test that reads it.
-            item.add_marker(pytest.mark.xdist_group("quick_run"))
+        if "quick_run" in item.fixturenames and item.path.relative_to(REPO_ROOT).as_posix() not in QUICK_RUN_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} reads the quick run: list its module in tests/conftest.py's QUICK_RUN_MODULES")
         if SCENARIOS in item.path.parents:
             item.add_marker(pytest.mark.slow)
         elif item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scope scheduling, a scope per test but one for the quick run's modules (its
+    largest scope, so scheduled first). Its `xdist_group` marks are lost on pytest 9's node ids."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class QuickRunTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "quick_run" if nodeid.split("::")[0] in QUICK_RUN_MODULES else nodeid
+
+    return QuickRunTogether(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import tensorflow as tf
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from pipeline import training
@@ -210,10 +210,25 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_the_next_worker_runs_it_
     assert "trial 0 was abandoned by its worker" in result.stdout
     trials = local_study(repo, "killed").trials
     assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert RetryFailedTrialCallback.retried_trial_number(trials[1]) == 0 and trials[1].params == trials[0].params
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0 and trials[1].params == trials[0].params
     client, runs = search_runs(repo)
     killed = next(run for run in runs if run.data.tags.get("optuna_study") == "killed" and run.data.tags.get("optuna_trial") == "0")
     assert killed.info.status == "FAILED" and "stopped answering" in killed.data.tags["mlflow.note.content"]
+
+
+def test_three_workers_started_together_on_a_new_checkout_each_train_a_design_of_their_own(small_preprocessed, tmp_path):
+    """No MLflow store and no study yet: the three create them once between them, and draw three designs."""
+    repo = clone(small_preprocessed, tmp_path / "repo")
+    assert not (repo / "mlflow.db").exists() and not (repo / "data/search").exists()
+    edit_params(repo, lambda params: small_search(params, study="together", trials=3, epochs=(1, 1)))
+    workers = [subprocess.Popen([sys.executable, "-m", "pipeline.search"], cwd=repo, env=user_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for worker, (stdout, stderr) in [(worker, worker.communicate(timeout=600)) for worker in workers]:
+        assert worker.returncode == 0 and "Traceback" not in stderr, stdout + stderr
+    scored = [trial for trial in local_study(repo, "together").trials if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(scored) == 3
+    assert len({json.dumps(trial.user_attrs["spec"], sort_keys=True) for trial in scored}) == 3, [t.user_attrs["spec"] for t in scored]
+    assert not [trial for trial in scored if "same_design_as" in trial.user_attrs]
 
 
 def test_an_unreachable_storage_is_one_line_before_any_work(fresh_repo, tmp_path):
