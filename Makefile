@@ -37,8 +37,13 @@ system-packages:
 
 # The MLflow UI on this repository's store, lean on a small machine: one worker, no GenAI job
 # runner (benchmarks/ui.py measures it). evaluate prints the links to open.
+# The UI on UI_PORT (the links evaluate prints say 5000; the serving examples use 5001). MLflow
+# exits 0 when the port is taken: say so first, in one line.
+UI_PORT ?= 5000
 ui: setup
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 --host 127.0.0.1 --port 5000
+	@python -c "import socket, sys; taken = socket.socket().connect_ex(('127.0.0.1', $(UI_PORT))) == 0; \
+	sys.exit('make ui: port $(UI_PORT) is taken (a scoring server?): stop it, or choose another port: make ui UI_PORT=5002' if taken else 0)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 --host 127.0.0.1 --port $(UI_PORT)
 
 # dvc_plots/index.html: the variants overlaid per metric and every figure; draws offline. The
 # page with Vega inlined is committed; a deleted one is written again.

@@ -22,7 +22,8 @@ SERVED_INPUT = (
     f"rows of {IMAGE_PIXELS} raw pixel intensities 0-255 (a 28x28 image, row-major), 1 to {MAX_SERVED_BATCH} rows a "
     "request: uint8, integers or floats, as a numpy array (N x 784 or N x 28 x 28), a pandas DataFrame of 784 "
     "columns, JSON `inputs` / `instances` / `dataframe_split` / `dataframe_records`, or CSV with a header row (as "
-    "`DataFrame.to_csv(index=False)` writes). Refused: features already scaled to [0, 1], booleans, anything not a number."
+    "`DataFrame.to_csv(index=False)` writes). Refused: a CSV without its header line, features already scaled to [0, 1], "
+    "booleans, anything not a number."
 )
 
 # sha256 of each array's raw bytes in Keras' mnist.npz: the definition of "canonical".

@@ -31,9 +31,31 @@ class NonFiniteOutput(RuntimeError):
     """The model computed NaN or infinity: never sent as an answer."""
 
 
+def numbers_for_names(columns) -> bool:
+    """Whether a DataFrame's column names are an image's pixel values: every name a number, and not
+    the column numbers a header holds (0, 1, ... or 1, 2, ...). The scoring server reads a CSV's
+    first line as its header, so a CSV without one arrives this way, one image short (pandas renames
+    a repeated value: 0, 0.1, 0.2 ...)."""
+    names = [str(name) for name in columns]
+    if not names or names in ([str(i) for i in range(len(names))], [str(i) for i in range(1, len(names) + 1)]):
+        return False
+    try:
+        [float(name) for name in names]
+    except ValueError:
+        return False
+    return True
+
+
 def pixel_rows(model_input) -> np.ndarray:
     """What a request carries, as an array of intensities, whatever form it came in (SERVED_INPUT);
-    ValueError for booleans, non-numbers, and rows that look like features already scaled to [0, 1]."""
+    ValueError for booleans, non-numbers, rows that look like features already scaled to [0, 1], and
+    a CSV without its header line (its first image would be lost)."""
+    if isinstance(model_input, pd.DataFrame) and numbers_for_names(model_input.columns):
+        raise ValueError(
+            "the column names are numbers, not a header: a CSV's first line is its header, so without one the first "
+            "image is lost and the answers no longer line up with the rows. Add a header line, as "
+            "`DataFrame.to_csv(index=False)` writes it (0,1,...,783)"
+        )
     pixels = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
     if pixels.dtype == object:  # mixed JSON or DataFrame columns: booleans among them, strings, nulls
         values = pixels.ravel()

@@ -40,7 +40,7 @@ def stop_on_sigterm() -> None:
     """
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
+        raise KeyboardInterrupt(f"stopped by signal {signum} ({signal.Signals(signum).name})")
 
     signal.signal(signal.SIGTERM, interrupt)
 
@@ -59,7 +59,8 @@ def write_failure(error: BaseException) -> OSError | None:
 
 
 def run(stage: str, main: Callable[[], object]) -> None:
-    """Run a stage's main: SIGTERM as Ctrl-C; a known failure printed as `STAGE: message`, exit 1.
+    """Run a stage's main: SIGTERM as Ctrl-C, either one line and the signal's exit code (128 + its
+    number); a known failure printed as `STAGE: message`, exit 1.
 
     Everything the stage prints, tracebacks included, passes through WithoutCredentials: a
     tracking URI's user:password@ never reaches a log.
@@ -68,6 +69,10 @@ def run(stage: str, main: Callable[[], object]) -> None:
     stop_on_sigterm()
     try:
         main()
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM: the `finally`s have run; one line, no traceback
+        why = str(error) or "stopped by Ctrl-C"
+        print(f"{stage}: {why}: nothing was half-written; `dvc repro` runs it again", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if "SIGTERM" in why else signal.SIGINT))  # the shell's code for the signal
     except PipelineError as error:
         sys.exit(f"{stage}: {without_credentials(str(error))}")
     except Exception as error:

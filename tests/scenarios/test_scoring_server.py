@@ -154,9 +154,10 @@ ROW = [0] * 784
         ({"inputs": [ROW] * (MAX_BATCH + 1)}, "application/json", f"a request carries 1 to {MAX_BATCH} images"),
         (b"0,1\n5,\"6\n", "text/csv", "Failed to parse input as a Pandas DataFrame"),
         (b"0,1,2\n5,6,7\n", "text/csv", "expected images of 784 pixels (28x28), got shape (1, 3)"),
+        (pd.DataFrame([ROW] * 5).to_csv(index=False, header=False).encode(), "text/csv", "Add a header line"),
     ],
     ids=["short row", "ragged", "non-numeric", "null", "above 255", "negative", "empty batch",
-         "wrong key", "invalid JSON", "batch too large", "invalid CSV", "short CSV row"],
+         "wrong key", "invalid JSON", "batch too large", "invalid CSV", "short CSV row", "CSV without a header"],
 )
 def test_a_bad_request_gets_a_4xx_that_says_what_is_wrong_and_no_stack_trace(served, body, content_type, says):
     url, _ = served

@@ -7,6 +7,8 @@ where the README shows them, and runs these tests.
 
 import os
 import re
+import socket
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -78,6 +80,17 @@ def test_make_ui_starts_the_lean_ui_these_tests_use():
     for name, value in LEAN_UI_ENV.items():
         assert f"{name}={value} mlflow ui" in recipe
     assert " ".join(LEAN_UI_OPTIONS) in recipe
+
+
+def test_make_ui_on_a_taken_port_fails_in_one_line_naming_it():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(["make", "--no-print-directory", "ui", f"UI_PORT={port}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"make ui: port {port} is taken (a scoring server?): stop it, or choose another port: make ui UI_PORT=5002" in result.stderr.splitlines()
+    assert "mlflow" not in result.stdout.lower()  # nothing started
 
 
 def close_the_assistant(page) -> None:

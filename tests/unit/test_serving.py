@@ -3,6 +3,7 @@ code, the package files it ships) from small trained members and loaded by mlflo
 every form of raw pixels with its members' mean probabilities, and refuses what would fool it.
 The scoring server over HTTP: tests/scenarios/test_scoring_server.py."""
 
+import io
 import re
 
 import mlflow
@@ -92,3 +93,19 @@ def test_a_model_that_computes_nan_is_an_internal_error_never_an_answer(default_
         broken.predict(np.array([ROW]))
     assert refused.value.error_code == "INTERNAL_ERROR"
     assert "non-finite probabilities for 1 of 1 images" in refused.value.message
+
+
+def test_a_csv_without_its_header_line_is_refused_and_with_it_every_image_is_answered(served, canonical_arrays):
+    """Parsed by MLflow's scoring server's own CSV reader: without a header the first image would be
+    its column names and the answers one short."""
+    from mlflow.pyfunc.scoring_server import parse_csv_input
+
+    images = canonical_arrays["x_test"][:5].reshape(5, 784)
+    headerless = parse_csv_input(io.StringIO(pd.DataFrame(images).to_csv(index=False, header=False)))
+    assert len(headerless) == 4  # what the model would be handed
+    with pytest.raises(mlflow.exceptions.MlflowException) as refused:
+        served.predict(headerless)
+    assert "Add a header line" in refused.value.message
+    for header in (True, [f"pixel{i}" for i in range(784)], list(range(1, 785))):
+        with_header = parse_csv_input(io.StringIO(pd.DataFrame(images).to_csv(index=False, header=header)))
+        assert len(served.predict(with_header)) == 5
