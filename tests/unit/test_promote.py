@@ -72,3 +72,12 @@ def test_no_complete_trial_is_one_line_and_params_yaml_stays(workspace):
     with pytest.raises(PipelineError, match=f"study {params.search.study} in .* has no complete trial yet: run `make search`"):
         promote(params, 3, root / "params.yaml")
     assert (root / "params.yaml").read_text() == before
+
+
+def test_fewer_distinct_designs_than_asked_are_all_promoted_saying_why(workspace, capsys):
+    root, params, study = workspace
+    for made in (trial(params, 0.97, 0.1), trial(params, 0.99, 0.2), trial(params, 0.99, 0.2, name="mlp-64-bn-drop20-t2")):
+        study.add_trial(made)
+
+    assert promote(params, 3, root / "params.yaml") == ["mlp-64-bn-drop20", "mlp-64-bn-drop10"]
+    assert "promote: 2 of the 3 asked: study mnist-mlp-search has 2 distinct designs among its 3 complete trials" in capsys.readouterr().out
