@@ -43,6 +43,9 @@ OutputInitializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_
 # The hidden layers also take random_normal, whose stddevs are init_stddev.
 Initializer = Literal["random_normal", "glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
 Optimizer = Literal["adam", "sgd", "rmsprop"]
+# The learning rate over a variant's epochs (model.learning_rate_at): held; held, then decayed
+# linearly to zero over the final `decay_fraction` of the epochs; a half cosine down to zero.
+LearningRateSchedule = Literal["constant", "linear", "cosine"]
 # Bounds the code can honour on this kind of machine (docs/parameters.md): every one is checked
 # before any work, so a value beyond them is refused rather than crashing or swapping hours in.
 # A replicate's layers draw from seeds seed * 1000 + layer (model.py): this keeps them in int32.
@@ -54,6 +57,7 @@ MAX_BATCH_SIZE = TRAIN_IMAGES  # no split holds more images
 MAX_LEARNING_RATE = 1_000.0  # finite in float32 with room to spare; no rate near it learns
 MAX_INIT_STDDEV = 100.0
 MAX_MAX_NORM = 100.0
+MAX_NOISE = 2.0  # standard deviation, on the pixels' [0, 1] scale: twice their whole range
 MAX_TRIALS = 10_000
 # What a variant's replicates may need at once (estimate_memory): a third of this machine's 24 GB,
 # leaving TensorFlow, the data and the operating system the rest.
@@ -90,6 +94,13 @@ class FitSettings(_Section):
     # default: Dropout on the input pixels, and a bound on the norm of each unit's incoming weights.
     input_dropout: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
     max_norm: Annotated[PositiveFloat, Field(le=MAX_MAX_NORM)] | None = None  # hidden kernels; None: unbounded
+    # The supervised baseline of Rasmus et al. (2015), off by default: Gaussian noise (its standard
+    # deviation) on the pixels, on their [0, 1] scale, and after each hidden layer's normalisation
+    # (its activation, without BatchNorm); while training only.
+    input_noise: float = Field(default=0.0, ge=0, le=MAX_NOISE, allow_inf_nan=False)
+    hidden_noise: float = Field(default=0.0, ge=0, le=MAX_NOISE, allow_inf_nan=False)
+    lr_schedule: LearningRateSchedule = "constant"
+    decay_fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)  # linear: the final part that decays
 
 
 class TrainParams(FitSettings):

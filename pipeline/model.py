@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import keras
@@ -32,6 +33,8 @@ SEED_STRIDE = 1000
 
 
 INPUT_LAYER = SEED_STRIDE - 1  # the input Dropout's seed slot: no hidden layer reaches it (MAX_HIDDEN_LAYERS)
+INPUT_NOISE_LAYER = SEED_STRIDE - 2  # the input noise's
+HIDDEN_NOISE_OFFSET = SEED_STRIDE // 2  # hidden layer i's noise: slot i + this, apart from its Dropout's (i)
 
 
 def layer_seed(seed: int, layer: int) -> int:
@@ -64,14 +67,31 @@ class ThreefryDropout(keras.layers.Dropout):
         return tf.where(keep, inputs / (1 - self.rate), tf.zeros_like(inputs))
 
 
-def build_network(spec: VariantSpec, seed: int, name: str = "mlp", for_xla_training: bool = False) -> keras.Sequential:
-    """[Dropout of the pixels], then Dense -> [BatchNormalization] -> [Dropout] per hidden layer (the
-    Dense kernels under a MaxNorm constraint if the spec bounds them), then a softmax layer; not compiled.
+class ThreefryGaussianNoise(keras.layers.GaussianNoise):
+    """Keras' GaussianNoise with its noise drawn by the Threefry algorithm, for training under XLA
+    (as ThreefryDropout: Keras' draw is many times slower there). Inert at inference, like Keras'
+    own, which the saved models carry."""
 
-    for_xla_training swaps in ThreefryDropout, the one difference between what trains and what is saved.
+    def call(self, inputs, training=False):
+        if not (training and self.stddev > 0):
+            return inputs
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+        return inputs + self.stddev * tf.random.stateless_normal(tf.shape(inputs), seed, dtype=inputs.dtype, alg="threefry")
+
+
+def build_network(spec: VariantSpec, seed: int, name: str = "mlp", for_xla_training: bool = False) -> keras.Sequential:
+    """[Gaussian noise on the pixels] [Dropout of the pixels], then per hidden layer Dense ->
+    [BatchNormalization] -> [Gaussian noise] -> [Dropout] (the Dense kernels under a MaxNorm
+    constraint if the spec bounds them), then a softmax layer; not compiled.
+
+    for_xla_training swaps in ThreefryDropout and ThreefryGaussianNoise, the one difference between
+    what trains and what is saved.
     """
     dropout_layer = ThreefryDropout if for_xla_training else keras.layers.Dropout
+    noise_layer = ThreefryGaussianNoise if for_xla_training else keras.layers.GaussianNoise
     layers: list[keras.layers.Layer] = [keras.Input(shape=(IMAGE_PIXELS,), name="pixels")]
+    if spec.input_noise:
+        layers.append(noise_layer(spec.input_noise, seed=layer_seed(seed, INPUT_NOISE_LAYER), name="input_noise"))
     if spec.input_dropout:
         layers.append(dropout_layer(spec.input_dropout, seed=layer_seed(seed, INPUT_LAYER), name="input_dropout"))
     for index, units in enumerate(spec.hidden_layers):
@@ -86,6 +106,8 @@ def build_network(spec: VariantSpec, seed: int, name: str = "mlp", for_xla_train
         )
         if spec.batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{number}"))
+        if spec.hidden_noise:
+            layers.append(noise_layer(spec.hidden_noise, seed=layer_seed(seed, HIDDEN_NOISE_OFFSET + index), name=f"noise_{number}"))
         if spec.dropout:
             layers.append(dropout_layer(spec.dropout, seed=layer_seed(seed, index), name=f"dropout_{number}"))
     output_initializer = INITIALIZERS[spec.output_initializer](seed=layer_seed(seed, len(spec.hidden_layers)))
@@ -93,6 +115,17 @@ def build_network(spec: VariantSpec, seed: int, name: str = "mlp", for_xla_train
         keras.layers.Dense(NUM_CLASSES, activation="softmax", name="digit", kernel_initializer=output_initializer)
     )
     return keras.Sequential(layers, name=name)
+
+
+def learning_rate_at(spec: VariantSpec, epoch: int, epochs: int) -> float:
+    """The learning rate of epoch `epoch` (from 0) of `epochs`, by the variant's schedule: constant;
+    linear, held then decayed over the final decay_fraction of the epochs, reaching zero after the
+    last; cosine, half a cosine from the rate at the first epoch to zero after the last."""
+    if spec.lr_schedule == "linear":
+        return spec.learning_rate * min(1.0, (epochs - epoch) / (spec.decay_fraction * epochs))
+    if spec.lr_schedule == "cosine":
+        return spec.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return spec.learning_rate
 
 
 def compile_for_training(

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import multi_worker
-from pipeline.config import Params
-from pipeline.model import build_model, build_replicates, export_replicate, replicate_key
+from pipeline.config import Params, VariantSpec
+from pipeline.model import build_model, build_replicates, export_replicate, learning_rate_at, replicate_key
 
 Split = tuple[np.ndarray, np.ndarray]
 METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
@@ -171,6 +171,13 @@ def replicate_log_key(name: str, seed: int) -> str:
     return f"val_{replicate_key(seed)}_{name[4:]}" if name.startswith("val_") else f"{replicate_key(seed)}_{name}"
 
 
+def learning_rate_schedule(spec: VariantSpec, epochs: int) -> list[keras.callbacks.Callback]:
+    """Keras' LearningRateScheduler setting model.learning_rate_at as each epoch begins; none for a constant rate."""
+    if spec.lr_schedule == "constant":
+        return []
+    return [keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(spec, epoch, epochs))]
+
+
 def train_group(
     params: Params,
     variant: str,
@@ -194,7 +201,7 @@ def train_group(
         epochs=epochs,
         shuffle=False,  # the order is replicate_batches' own
         validation_data=replicate_validation(validation, seeds, params.speed.validation_batch_size),
-        callbacks=[EpochOrder(epoch), *callbacks],
+        callbacks=[EpochOrder(epoch), *learning_rate_schedule(spec, epochs), *callbacks],
         verbose=verbose,  # 2: one line per epoch, readable in DVC's captured output
     ).history
     trained_epochs = len(history["loss"])  # fewer than epochs if every replicate diverged (StopOnDivergence)

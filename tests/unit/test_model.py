@@ -137,3 +137,46 @@ def test_a_spec_without_the_search_settings_builds_the_layers_it_always_did(defa
         "hidden_1", "batch_norm_1", "dropout_1", "hidden_2", "batch_norm_2", "dropout_2", "digit"
     ]
     assert all(layer.kernel_constraint is None for layer in network.layers if isinstance(layer, keras.layers.Dense))
+
+
+@pytest.mark.parametrize(
+    "schedule, fraction, expected",
+    [  # 150 epochs at 2e-3, as Rasmus et al.'s baseline: held for 100, then linearly to zero over the last 50
+        ("linear", 1 / 3, {0: 2e-3, 99: 2e-3, 100: 2e-3, 125: 1e-3, 149: 2e-3 / 50}),
+        ("linear", 1.0, {0: 2e-3, 75: 1e-3, 149: 2e-3 / 150}),
+        ("cosine", 1.0, {0: 2e-3, 50: 2e-3 * 0.75, 75: 1e-3, 100: 2e-3 * 0.25}),  # (1 + cos(pi e / 150)) / 2
+        ("constant", 1.0, {0: 2e-3, 149: 2e-3}),
+    ],
+)
+def test_the_learning_rate_at_hand_worked_epochs(default_params, schedule, fraction, expected):
+    from pipeline.model import learning_rate_at
+
+    spec = default_params.variants["mlp-256-64"].model_copy(update={"learning_rate": 2e-3, "lr_schedule": schedule, "decay_fraction": fraction})
+    assert {epoch: learning_rate_at(spec, epoch, 150) for epoch in expected} == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("for_xla_training", [False, True])
+def test_gaussian_noise_has_its_stddev_in_training_and_is_absent_at_inference(default_params, canonical_arrays, for_xla_training):
+    import tensorflow as tf
+
+    from pipeline.data import to_features
+    from pipeline.model import ThreefryGaussianNoise, build_network
+
+    plain = default_params.variants["mlp-256-64-bn"]
+    noisy = plain.model_copy(update={"input_noise": 0.3, "hidden_noise": 0.3})
+    network = build_network(noisy, seed=4, for_xla_training=for_xla_training)
+    assert [layer.name for layer in network.layers] == [
+        "input_noise", "hidden_1", "batch_norm_1", "noise_1", "hidden_2", "batch_norm_2", "noise_2", "digit"
+    ]
+    noise = network.get_layer("input_noise")
+    assert type(noise) is (ThreefryGaussianNoise if for_xla_training else keras.layers.GaussianNoise)
+    drawn = tf.function(lambda x: noise(x, training=True), jit_compile=True)(tf.zeros((400, 784))).numpy()
+    assert abs(drawn.mean()) < 0.003 and abs(drawn.std() - 0.3) < 0.003  # 313,600 draws: se of the sd 0.0004
+
+    # At inference the noisy network is the plain one with the same weights (noise layers hold none).
+    images = to_features(canonical_arrays["x_test"][:64].reshape(64, 784))
+    reference = build_network(plain, seed=4)
+    reference.set_weights(network.get_weights())
+    np.testing.assert_array_equal(network.predict_on_batch(images), reference.predict_on_batch(images))
+    training = tf.function(lambda x: network(x, training=True), jit_compile=True)  # Threefry's draws run under XLA
+    assert not np.array_equal(training(images), training(images))  # noise in training

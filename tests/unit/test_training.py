@@ -182,3 +182,14 @@ def test_threefry_dropout_drops_at_the_rate_and_keeps_the_mean(default_params):
     assert abs((dropped == 0).mean() - 0.4) < 0.01
     assert abs(dropped.mean() - 1.0) < 0.02
     np.testing.assert_array_equal(layer(ones, training=False), ones)
+
+
+def test_the_schedule_sets_each_epochs_learning_rate_in_keras_fit(splits):
+    """Keras' own LearningRateScheduler, fed by model.learning_rate_at: what the optimizer used each
+    epoch, as Keras logs it, against the hand-worked cosine (1 + cos(pi e / 4)) / 2."""
+    params, train, validation = splits
+    spec = params.variants["mlp-256-64"].model_copy(update={"lr_schedule": "cosine", "learning_rate": 1e-3})
+    network = build_model(spec, 0)
+    history = network.fit(*train, batch_size=256, epochs=4, verbose=0, callbacks=training.learning_rate_schedule(spec, 4)).history
+    assert history["learning_rate"] == pytest.approx([1e-3, 1e-3 * (1 + 2 ** -0.5) / 2, 0.5e-3, 1e-3 * (1 - 2 ** -0.5) / 2], rel=1e-6)
+    assert training.learning_rate_schedule(params.variants["mlp-256-64"], 4) == []  # constant: Keras' fit untouched
