@@ -299,7 +299,7 @@ def search(params: Params, processed_dir: Path = PROCESSED_DIR) -> optuna.Study:
     settings = params.search
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module's lines say what each trial did
     storage = studies.open_storage(settings)  # an unreachable storage stops here, before any data is read
-    store.check_store()  # so does an unreachable MLflow; a new sqlite store is created once, whoever comes first
+    store.create_sqlite_store()  # workers starting together on a new checkout: the first creates MLflow's tables
     splits = (load_split(split_path("train", processed_dir)), load_split(split_path("validation", processed_dir)))
     sampler = TrialSeededSampler(settings.sampler_seed, settings.random_trials)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner.startup_trials, n_warmup_steps=settings.pruner.warmup_epochs)

@@ -165,8 +165,10 @@ def only_variants(params: Params, *names: str) -> Params:
     return params.model_copy(update={"variants": {name: params.variants[name] for name in names}})
 
 
-def small_search(params: dict, study: str = "test-search", trials: int = 3, epochs=(2, 2)) -> None:
-    """search.* for a quick study: one-layer designs of 32-64 units, one random trial, pruning from the first epoch."""
-    params["search"].update(study=study, trials=trials, random_trials=1, heartbeat_seconds=1, timeout_minutes=None)
+def small_search(params: dict, study: str = "test-search", trials: int = 3, epochs=(2, 2), heartbeat_seconds: int = 5) -> None:
+    """search.* for a quick study: one-layer designs of 32-64 units, one random trial, pruning from the
+    first epoch. The heartbeat: a busy machine can delay one by seconds, and a worker silent for twice
+    it has its trial failed under it; a test of killed workers shortens it."""
+    params["search"].update(study=study, trials=trials, random_trials=1, heartbeat_seconds=heartbeat_seconds, timeout_minutes=None)
     params["search"]["pruner"].update(startup_trials=1, warmup_epochs=0)
     params["search"]["space"].update(depth=[1, 1], width=[32, 64], epochs=list(epochs))

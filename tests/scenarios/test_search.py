@@ -185,7 +185,7 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_the_next_worker_runs_it_
     repo = clone(searched[0], tmp_path / "repo")
 
     def two_trials_never_pruned(params):
-        small_search(params, study="killed", trials=2, epochs=(30, 30))
+        small_search(params, study="killed", trials=2, epochs=(30, 30), heartbeat_seconds=1)
         params["search"]["pruner"]["startup_trials"] = 5
 
     edit_params(repo, two_trials_never_pruned)

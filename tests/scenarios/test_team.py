@@ -190,7 +190,8 @@ def test_two_workers_share_one_study_on_postgresql_and_run_each_trial_once(small
     env = user_env(MLFLOW_TRACKING_URI=url, OPTUNA_STORAGE=storage)
     workers = [subprocess.Popen([sys.executable, "-m", "pipeline.search"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [worker.communicate(timeout=600) for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    tails = ["\n".join((stdout + stderr).splitlines()[-15:]) for stdout, stderr in outputs]  # where each stopped
+    assert [worker.returncode for worker in workers] == [0, 0], "\n---\n".join(tails)
 
     trials = optuna.load_study(study_name="shared", storage=storage.replace("postgresql://", "postgresql+psycopg://")).trials
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
