@@ -156,6 +156,23 @@ def image_grid(images: np.ndarray, captions: list[str], title: str, columns: int
     return figure
 
 
+def accuracy_cost_chart(trials: pd.DataFrame, front: pd.DataFrame) -> plt.Figure:
+    """Every complete trial's validation accuracy against its training seconds; the front (what each
+    extra second buys) as a step line, its designs named."""
+    complete = trials[trials["state"] == "complete"]
+    figure, axis = plt.subplots(figsize=(9, 5))
+    axis.scatter(complete["train_seconds"], complete["val_accuracy"], color="0.6", s=18, label="complete trials")
+    axis.step(front["train_seconds"], front["val_accuracy"], where="post", color="C3", marker="o", label="the front: none faster and better")
+    for _, row in front.iterrows():
+        axis.annotate(f"{row['variant']}", (row["train_seconds"], row["val_accuracy"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    axis.set(xscale="log", xlabel="training seconds (the trial's seeds together; log scale)", ylabel="validation accuracy, mean over seeds")
+    axis.set_title("The search: validation accuracy against training time")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
 def search_figures(study) -> dict[str, plt.Figure]:
     """Optuna's own figures of a study, drawn by matplotlib (offline): the optimisation history, the
     parameters' importances (fANOVA) and every trial's per-epoch value. One that cannot be drawn yet

@@ -284,11 +284,28 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return table.drop(columns="_order")
 
 
+def accuracy_cost_front(trials: pd.DataFrame) -> pd.DataFrame:
+    """The complete trials no other beats on both counts: none both faster to train and better on
+    validation. Fastest first; each is better than every faster one (what its extra seconds buy)."""
+    complete = trials[(trials["state"] == "complete") & trials["train_seconds"].notna()]
+    by_cost = complete.sort_values(["train_seconds", "val_accuracy"], ascending=[True, False], kind="stable")
+    best_so_far = by_cost["val_accuracy"].cummax().shift(fill_value=-np.inf)
+    return by_cost[by_cost["val_accuracy"] > best_so_far]
+
+
 def write_reports(study: optuna.Study, directory: Path = SEARCH_REPORTS_DIR) -> list[Path]:
-    """reports/search/: the trials' table and Optuna's own figures (PNG: they draw offline)."""
-    written = [directory / "trials.csv"]
+    """reports/search/: the trials' table, the accuracy-cost front (table and chart) and Optuna's own
+    figures (PNG: they draw offline)."""
+    table = trials_table(study)
+    front = accuracy_cost_front(table)
+    written = [directory / "trials.csv", directory / "front.csv"]
     with atomic_write(written[0], "w") as f:
-        trials_table(study).to_csv(f, index=False)
+        table.to_csv(f, index=False)
+    with atomic_write(written[1], "w") as f:
+        front.to_csv(f, index=False)
+    if not front.empty:
+        plots.save_png(plots.accuracy_cost_chart(table, front), directory / "front.png")
+        written.append(directory / "front.png")
     for name, figure in plots.search_figures(study).items():
         plots.save_png(figure, directory / name)
         written.append(directory / name)

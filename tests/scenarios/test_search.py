@@ -118,7 +118,7 @@ def test_each_trial_is_a_child_run_of_the_search_with_its_state_and_epochs(searc
         assert child.data.params["hidden_layers"] == str(2 ** trial.params["log2_width_1"])
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(trials[1].value)
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
-    assert artifacts == {"trials.csv", "optimization_history.png", "param_importances.png", "intermediate_values.png"}
+    assert artifacts == {"trials.csv", "front.csv", "front.png", "optimization_history.png", "param_importances.png", "intermediate_values.png"}
 
 
 def test_the_trials_table_lists_every_trial_best_first(searched):
@@ -127,6 +127,9 @@ def test_the_trials_table_lists_every_trial_best_first(searched):
     assert table["trial"].tolist() == [1, 0, 2]
     assert table["state"].tolist() == ["complete", "complete", "pruned"]
     assert table["val_accuracy"][:2].tolist() == pytest.approx([trial.value for trial in local_study(repo).trials[1::-1]])
+    # The best trial is on the accuracy-cost front whatever its time: nothing is better than it.
+    front = pd.read_csv(repo / "reports/search/front.csv")
+    assert table["variant"][0] in front["variant"].tolist() and set(front["state"]) == {"complete"}
 
 
 def test_the_search_leaves_the_pipeline_as_it_was(searched):

@@ -57,3 +57,19 @@ def test_workers_started_together_draw_different_designs_and_one_alone_draws_the
 
     assert draws(worker("alone-1"), 4) == draws(worker("alone-2"), 4)
     assert draws(worker("alone-3"), 4) != draws(worker("other-seed", seed=1), 4)
+
+
+def test_the_accuracy_cost_front_keeps_the_trials_none_beats_on_both_counts():
+    """Hand-worked: b is dominated by a (slower, worse), d by c (slower, equal), the pruned and
+    unscored ones are no candidates; the front a, c, e: each better than every faster one."""
+    import pandas as pd
+
+    from pipeline.search import accuracy_cost_front
+
+    trials = pd.DataFrame({
+        "variant": ["a", "b", "c", "d", "e", "f", "g"],
+        "state": ["complete"] * 5 + ["pruned", "complete"],
+        "train_seconds": [10.0, 20.0, 30.0, 40.0, 90.0, 5.0, None],
+        "val_accuracy": [0.95, 0.94, 0.97, 0.97, 0.98, 0.99, 0.999],
+    })
+    assert accuracy_cost_front(trials)["variant"].tolist() == ["a", "c", "e"]
