@@ -67,6 +67,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # Variant names become DVC stage names (train@NAME), param paths (variants.NAME) and
 # MLflow aliases (models:/mnist-mlp@NAME): no dots, no spaces, not an alias MLflow reserves.
+MAX_VARIANT_NAME = 63
 VariantName = Annotated[str, StringConstraints(pattern=r"^(?!v\d+$|latest$|champion$)[a-z][a-z0-9-]{0,62}$")]
 VARIANT_NAME_RULE = (
     "a variant's name is 1-63 lowercase letters, digits and hyphens, starting with a letter, and not "
@@ -189,8 +190,11 @@ class SearchSpace(_Section):
     batch_size: list[PositiveInt]
     epochs: list[Annotated[PositiveInt, Field(le=MAX_EPOCHS)]]
     initializer: list[SearchInitializer]  # random_normal's stddevs are per variant: not searched
+    input_noise: list[Annotated[float, Field(ge=0, le=MAX_NOISE, allow_inf_nan=False)]]  # Gaussian, on the pixels
+    hidden_noise: list[Annotated[float, Field(ge=0, le=MAX_NOISE, allow_inf_nan=False)]]  # after each normalisation
+    lr_schedule: list[LearningRateSchedule]  # linear decays over the final third (search.LINEAR_DECAY_FRACTION)
 
-    @field_validator("depth", "dropout", "input_dropout", "epochs")
+    @field_validator("depth", "dropout", "input_dropout", "epochs", "input_noise", "hidden_noise")
     @classmethod
     def _is_range(cls, bounds: list, info) -> list:
         return _range(info.field_name, bounds)
@@ -208,7 +212,7 @@ class SearchSpace(_Section):
             raise ValueError(f"widths are powers of two from {MIN_WIDTH} to {MAX_WIDTH} (got {bounds})")
         return bounds
 
-    @field_validator("batch_norm", "max_norm", "batch_size", "initializer")
+    @field_validator("batch_norm", "max_norm", "batch_size", "initializer", "lr_schedule")
     @classmethod
     def _is_choice(cls, values: list) -> list:
         return _choice(values)
@@ -241,6 +245,8 @@ class SearchParams(_Section):
     heartbeat_seconds: PositiveInt = Field(le=3600)  # a running trial silent for twice this is failed
     pruner: PrunerParams
     promote: PositiveInt = Field(le=100)  # how many of the best designs `promote` writes into variants
+    # Published recipes the study starts with, as its first trials (search.RECIPES), fitted to `space`.
+    start_from: list[Literal["rasmus-2015", "srivastava-2014"]]
     space: SearchSpace
 
     @model_validator(mode="after")

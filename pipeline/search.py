@@ -16,6 +16,7 @@ design drawn twice is trained once: the second trial takes the first one's score
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -31,7 +32,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from pipeline import plots, stage, store, studies, tracking, training
-from pipeline.config import Params, SearchSpace, VariantSpec, load_params
+from pipeline.config import MAX_VARIANT_NAME, Params, SearchSpace, VariantSpec, load_params
 from pipeline.data import load_split
 from pipeline.errors import PipelineError, without_credentials
 from pipeline.files import atomic_write
@@ -107,6 +108,58 @@ def failed(trial: optuna.Trial, reason: str) -> TrialFailed:
     return TrialFailed(reason)
 
 
+LINEAR_DECAY_FRACTION = 1 / 3  # Rasmus et al.'s (2015): the last 50 of 150 epochs
+
+# The published permutation-invariant MLP recipes (docs/search.md), in the space's terms: widths to
+# the nearest power of two (1000 -> 1024, 1200 -> 1024), Adam throughout (the project's optimizer),
+# epochs "max": the space's longest. A study starts with them; TPE explores around them.
+RECIPES = {
+    # The supervised baseline of "Semi-supervised learning with Ladder networks": BatchNorm MLP
+    # 1000-500-250-250-250, Gaussian noise 0.3 on the input and after every normalisation, Adam 2e-3,
+    # batch 100, the rate decayed linearly to zero over the last third; 0.80% test error.
+    "rasmus-2015": {"widths": [1024, 512, 256, 256, 256], "batch_norm": True, "dropout": 0.0, "input_dropout": 0.0,
+                    "max_norm": None, "learning_rate": 2e-3, "batch_size": 100, "initializer": "glorot_uniform",
+                    "input_noise": 0.3, "hidden_noise": 0.3, "lr_schedule": "linear"},
+    # "Dropout" (JMLR 2014): 1200-1200, Dropout 0.2 on the pixels and 0.5 on hidden units, max-norm 3;
+    # 0.94% test error (with SGD and momentum, ~2,000 epochs).
+    "srivastava-2014": {"widths": [1024, 1024], "batch_norm": False, "dropout": 0.5, "input_dropout": 0.2,
+                        "max_norm": 3.0, "learning_rate": 1e-3, "batch_size": 100, "initializer": "glorot_uniform",
+                        "input_noise": 0.0, "hidden_noise": 0.0, "lr_schedule": "linear"},
+}
+
+
+def recipe_trial(recipe: dict, space: SearchSpace) -> tuple[dict | None, str]:
+    """A recipe as the parameters of a first trial (optuna's own names), fitted to the space: each
+    value clipped into its range or the nearest choice, epochs the space's longest. None, and why,
+    when the space cannot hold it (too few layers, widths out of range, no such choice)."""
+    widths = recipe["widths"]
+    if not space.depth[0] <= len(widths) <= space.depth[1]:
+        return None, f"{len(widths)} hidden layers, outside search.space.depth {space.depth}"
+    if not all(space.width[0] <= width <= space.width[1] for width in widths):
+        return None, f"widths {widths} outside search.space.width {space.width}"
+    for key in ("batch_norm", "max_norm", "batch_size", "initializer", "lr_schedule"):
+        if recipe[key] not in getattr(space, key):
+            return None, f"{key} {recipe[key]} not among search.space.{key} {getattr(space, key)}"
+    params = {"depth": len(widths), **{f"log2_width_{layer}": int(np.log2(width)) for layer, width in enumerate(widths, start=1)}}
+    for key in ("dropout", "input_dropout", "input_noise", "hidden_noise", "learning_rate"):
+        params[key] = float(np.clip(recipe[key], *getattr(space, key)))
+    for key in ("batch_norm", "max_norm", "batch_size", "initializer", "lr_schedule"):
+        params[key] = recipe[key]
+    params["epochs"] = space.epochs[1]
+    return params, ""
+
+
+def start_from_recipes(study: optuna.Study, settings) -> None:
+    """The study's first trials: search.start_from's recipes, queued once (a worker starting later, or
+    together, finds them queued or run: skip_if_exists)."""
+    for name in settings.start_from:
+        params, why = recipe_trial(RECIPES[name], settings.space)
+        if params is None:
+            print(f"search: recipe {name} left out: {why}")
+            continue
+        study.enqueue_trial(params, user_attrs={"recipe": name}, skip_if_exists=True)
+
+
 def suggest_design(trial: optuna.Trial, space: SearchSpace) -> dict:
     """A design drawn from the space: each hidden layer's width a power of two (its exponent sampled);
     rates kept to two decimals and the learning rate to three significant digits, as a person writes them."""
@@ -127,7 +180,15 @@ def suggest_design(trial: optuna.Trial, space: SearchSpace) -> dict:
         "batch_size": trial.suggest_categorical("batch_size", space.batch_size),
         "epochs": trial.suggest_int("epochs", *space.epochs),
         "initializer": trial.suggest_categorical("initializer", space.initializer),
+        "input_noise": rate("input_noise", space.input_noise),
+        "hidden_noise": rate("hidden_noise", space.hidden_noise),
+        **schedule(trial.suggest_categorical("lr_schedule", space.lr_schedule)),
     }
+
+
+def schedule(name: str) -> dict:
+    """A design's learning-rate schedule; linear's decay fraction is the recipe's, not searched."""
+    return {"lr_schedule": name, "decay_fraction": LINEAR_DECAY_FRACTION if name == "linear" else 1.0}
 
 
 def candidate_spec(params: Params, design: dict) -> VariantSpec:
@@ -137,12 +198,23 @@ def candidate_spec(params: Params, design: dict) -> VariantSpec:
 
 
 def design_name(spec: VariantSpec, number: int) -> str:
-    """A variant name that reads as its design, and the trial it came from: mlp-1024-512-bn-drop30-in20-norm3-t17."""
-    parts = ["mlp", *map(str, spec.hidden_layers)]
+    """A variant name that reads as its design, and the trial it came from:
+    mlp-1024-512-bn-drop30-in20-norm3-t17; mlp-1024-512-256x3-bn-n30-hn30-lin-t0 (repeated widths as
+    WxN; Gaussian noise on the pixels n, on hidden layers hn; linear or cosine schedules). Cut to a
+    variant name's 63 characters, the trial's number kept."""
+    parts = ["mlp"]
+    for width, run in itertools.groupby(spec.hidden_layers):
+        count = len(list(run))
+        parts.append(f"{width}x{count}" if count > 1 else str(width))
     parts += ["bn"] if spec.batch_norm else []
     parts += [f"drop{round(100 * spec.dropout)}"] if round(100 * spec.dropout) else []
     parts += [f"in{round(100 * spec.input_dropout)}"] if round(100 * spec.input_dropout) else []
     parts += [f"norm{spec.max_norm:g}".replace(".", "p")] if spec.max_norm else []
+    parts += [f"n{round(100 * spec.input_noise)}"] if round(100 * spec.input_noise) else []
+    parts += [f"hn{round(100 * spec.hidden_noise)}"] if round(100 * spec.hidden_noise) else []
+    parts += [{"linear": "lin", "cosine": "cos"}[spec.lr_schedule]] if spec.lr_schedule != "constant" else []
+    while len("-".join([*parts, f"t{number}"])) > MAX_VARIANT_NAME:
+        parts.pop()
     return "-".join([*parts, f"t{number}"])
 
 
@@ -323,6 +395,7 @@ def search(params: Params, processed_dir: Path = PROCESSED_DIR) -> optuna.Study:
     study = optuna.create_study(
         study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
     )
+    start_from_recipes(study, settings)
     counted = len(study.get_trials(deepcopy=False, states=COUNTED))
     search_run = tracking.search_run(settings.study, {**settings.model_dump(exclude={"storage", "space"}), **settings.space.model_dump()})
     print(f"search: study {settings.study} in {without_credentials(studies.storage_url(settings)[0])}: {counted} of {settings.trials} trials so far")

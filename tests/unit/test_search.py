@@ -73,3 +73,38 @@ def test_the_accuracy_cost_front_keeps_the_trials_none_beats_on_both_counts():
         "val_accuracy": [0.95, 0.94, 0.97, 0.97, 0.98, 0.99, 0.999],
     })
     assert accuracy_cost_front(trials)["variant"].tolist() == ["a", "c", "e"]
+
+
+def test_the_published_recipes_start_the_study_fitted_to_its_space(default_params, tmp_path):
+    """Rasmus et al.'s baseline as the default space holds it (widths to powers of two, epochs the
+    space's longest, linear decay over the last third), queued once however often a worker starts;
+    a space too shallow for it leaves it out, saying why."""
+    from pipeline.search import LINEAR_DECAY_FRACTION, RECIPES, recipe_trial, start_from_recipes
+
+    space = default_params.search.space
+    params, _ = recipe_trial(RECIPES["rasmus-2015"], space)
+    assert params == {
+        "depth": 5, "log2_width_1": 10, "log2_width_2": 9, "log2_width_3": 8, "log2_width_4": 8, "log2_width_5": 8,
+        "batch_norm": True, "dropout": 0.0, "input_dropout": 0.0, "max_norm": None, "learning_rate": 0.002, "batch_size": 100,
+        "initializer": "glorot_uniform", "input_noise": 0.3, "hidden_noise": 0.3, "lr_schedule": "linear", "epochs": space.epochs[1],
+    }
+    assert LINEAR_DECAY_FRACTION * 150 == 50  # the paper's last 50 of 150 epochs
+    shallow = space.model_copy(update={"depth": [1, 3]})
+    assert recipe_trial(RECIPES["rasmus-2015"], shallow) == (None, "5 hidden layers, outside search.space.depth [1, 3]")
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/study.db", direction="maximize")
+    for _ in range(2):  # a second worker starting
+        start_from_recipes(study, default_params.search)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [trial.user_attrs["recipe"] for trial in waiting] == ["rasmus-2015", "srivastava-2014"]
+
+
+def test_a_design_name_reads_as_its_design_within_63_characters(default_params):
+    from pipeline.search import design_name
+
+    spec = default_params.variants["mlp-256-64"].model_copy(update={
+        "hidden_layers": [1024, 512, 256, 256, 256], "batch_norm": True, "input_noise": 0.3, "hidden_noise": 0.3, "lr_schedule": "linear"})
+    assert design_name(spec, 0) == "mlp-1024-512-256x3-bn-n30-hn30-lin-t0"
+    widest = spec.model_copy(update={"hidden_layers": [2048, 1024, 2048, 1024, 2048], "dropout": 0.5, "input_dropout": 0.3,
+                                     "max_norm": 3.5, "lr_schedule": "cosine"})
+    assert design_name(widest, 1234) == "mlp-2048-1024-2048-1024-2048-bn-drop50-in30-norm3p5-n30-t1234"  # hn30, cos cut
