@@ -223,8 +223,8 @@ StudyName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-
 
 
 class PrunerParams(_Section):
-    """Optuna's median rule on the per-epoch validation accuracy: a trial below the median of the
-    trials before it, at the same epoch, stops there."""
+    """Optuna's median rule on the validation accuracy at each tenth of a trial's own epochs: a trial
+    below the median of the trials before it, at the same tenth of theirs, stops there."""
 
     startup_trials: int = Field(ge=0, le=MAX_TRIALS)  # trials that always finish, before any is stopped
     warmup_epochs: int = Field(ge=0, le=MAX_EPOCHS)  # epochs every trial trains before it may be stopped

@@ -2,7 +2,8 @@
 
 Each trial samples a design from `search.space`, trains its `search.seeds` together through the
 project's own training code, and reports its seeds' mean validation accuracy every epoch to a
-median pruner, which stops hopeless trials early. The trial's score is that mean at its last epoch.
+median pruner, which stops hopeless trials early, comparing each at the same tenth of its own
+epochs. The trial's score is that mean at its last epoch.
 
 The study lives in an Optuna storage: this checkout's SQLite file by default, or a database every
 worker on every host shares (`search.storage`, or OPTUNA_STORAGE): the same command started again,
@@ -224,15 +225,27 @@ def trial_params(params: Params, name: str, spec: VariantSpec) -> Params:
     return params.model_copy(update={"train": train, "variants": {name: spec}})
 
 
-class ReportEachEpoch(keras.callbacks.Callback):
-    """Each epoch: the seeds' mean validation accuracy to the trial's MLflow run and to the pruner,
-    which may stop the trial there; past the worker's deadline the trial stops too."""
+TENTHS = 10  # the pruner's steps: tenths of a trial's own epochs
 
-    def __init__(self, trial: optuna.Trial, run_id: str, seeds: list[int], deadline: float):
+
+def tenths_done(epoch: int, epochs: int) -> int:
+    """How many tenths of its `epochs` a trial has done after `epoch` (from 1): the pruner's step.
+    Trials of different lengths, and schedules that decay over them, compare like with like: each
+    at the same part of its own budget, not at the same epoch."""
+    return TENTHS * epoch // epochs
+
+
+class ReportEachEpoch(keras.callbacks.Callback):
+    """Each epoch: the seeds' mean validation accuracy to the trial's MLflow run; to the pruner, at
+    each tenth of the trial's epochs it completes (its step), which may stop the trial there, once
+    past `warmup_epochs`. Past the worker's deadline the trial stops too."""
+
+    def __init__(self, trial: optuna.Trial, run_id: str, seeds: list[int], deadline: float, warmup_epochs: int = 0):
         super().__init__()
-        self.trial, self.run_id, self.seeds, self.deadline = trial, run_id, seeds, deadline
+        self.trial, self.run_id, self.seeds, self.deadline, self.warmup_epochs = trial, run_id, seeds, deadline, warmup_epochs
         self.values: list[float] = []
         self.pruned_at = self.out_of_time_at = None
+        self.reported = 0
 
     def on_epoch_end(self, epoch, logs=None):
         per_seed = training.split_logs(logs or {}, self.seeds)
@@ -244,10 +257,14 @@ class ReportEachEpoch(keras.callbacks.Callback):
         }
         tracking.log_trial_epoch(self.run_id, epoch + 1, metrics)
         self.values.append(accuracy)
-        self.trial.report(accuracy, epoch + 1)
+        step = tenths_done(epoch + 1, self.params["epochs"])
+        reported = step > self.reported
+        if reported:
+            self.trial.report(accuracy, step)
+            self.reported = step
         if epoch + 1 == self.params["epochs"]:  # finished: nothing left to stop
             return
-        if self.trial.should_prune():
+        if reported and epoch + 1 > self.warmup_epochs and self.trial.should_prune():
             self.pruned_at, self.model.stop_training = epoch + 1, True
         elif time.monotonic() > self.deadline:
             self.out_of_time_at, self.model.stop_training = epoch + 1, True
@@ -277,7 +294,7 @@ def objective_for(params: Params, search_run: str, splits: tuple, deadline: floa
             trial.set_user_attr(key, value)
         if twin is not None:
             return outcome_of_twin(trial, twin, run_id)
-        reporter = ReportEachEpoch(trial, run_id, search.seeds, deadline)
+        reporter = ReportEachEpoch(trial, run_id, search.seeds, deadline, search.pruner.warmup_epochs)
         guard = training.StopOnDivergence(search.seeds)
         print(f"search: trial {trial.number} {name}: {spec.epochs} epochs at most, seeds {search.seeds}")
         started = time.perf_counter()
@@ -300,7 +317,8 @@ def objective_for(params: Params, search_run: str, splits: tuple, deadline: floa
             tracking.end_trial_run(run_id, "failed", note=note)
             raise failed(trial, note.removeprefix("Failed: "))
         if reporter.pruned_at:
-            note = f"Pruned at epoch {reporter.pruned_at}: validation accuracy {reporter.values[-1]:.4f}, below the median of earlier trials there"
+            note = (f"Pruned at epoch {reporter.pruned_at} of {spec.epochs}: validation accuracy {reporter.values[-1]:.4f}, below the median "
+                    f"of earlier trials at the same part ({reporter.reported}/{TENTHS}) of their own epochs")
             tracking.end_trial_run(run_id, "pruned", reporter.values[-1], note)
             print(f"search: trial {trial.number} {note.lower()} ({seconds:.0f} s)")
             raise optuna.TrialPruned(note)
@@ -391,7 +409,7 @@ def search(params: Params, processed_dir: Path = PROCESSED_DIR) -> optuna.Study:
     store.create_sqlite_store()  # workers starting together on a new checkout: the first creates MLflow's tables
     splits = (load_split(split_path("train", processed_dir)), load_split(split_path("validation", processed_dir)))
     sampler = TrialSeededSampler(settings.sampler_seed, settings.random_trials)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner.startup_trials, n_warmup_steps=settings.pruner.warmup_epochs)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner.startup_trials)  # warmup: ReportEachEpoch's
     study = optuna.create_study(
         study_name=settings.study, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
     )

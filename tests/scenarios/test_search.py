@@ -78,8 +78,9 @@ def test_the_search_runs_its_trials_and_the_pruner_stops_the_hopeless_one(search
     trials = local_study(repo).trials
     assert [trial.state for trial in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     assert trials[1].value > trials[0].value  # the fast learner beats the slow one
-    assert sorted(trials[2].intermediate_values) == [1]  # stopped after its first epoch of two
-    assert trials[2].intermediate_values[1] < np.median([trials[0].intermediate_values[1], trials[1].intermediate_values[1]])
+    # The pruner's steps are tenths of a trial's own epochs: epoch 1 of 2 is step 5.
+    assert sorted(trials[2].intermediate_values) == [5]  # stopped after its first epoch of two
+    assert trials[2].intermediate_values[5] < np.median([trials[0].intermediate_values[5], trials[1].intermediate_values[5]])
     assert "pruned at epoch 1" in output
 
 
@@ -115,7 +116,7 @@ def test_each_trial_is_a_child_run_of_the_search_with_its_state_and_epochs(searc
         child = children[trial.number]
         assert (child.data.tags["state"], child.info.status) == expected[trial.state]
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
-        assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
+        assert {5 * m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)  # 2 epochs: five tenths each
         assert child.data.params["hidden_layers"] == str(2 ** trial.params["log2_width_1"])
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(trials[1].value)
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}

@@ -108,3 +108,10 @@ def test_a_design_name_reads_as_its_design_within_63_characters(default_params):
     widest = spec.model_copy(update={"hidden_layers": [2048, 1024, 2048, 1024, 2048], "dropout": 0.5, "input_dropout": 0.3,
                                      "max_norm": 3.5, "lr_schedule": "cosine"})
     assert design_name(widest, 1234) == "mlp-2048-1024-2048-1024-2048-bn-drop50-in30-norm3p5-n30-t1234"  # hn30, cos cut
+
+
+@pytest.mark.parametrize("epoch, epochs, tenths", [(1, 2, 5), (2, 2, 10), (1, 3, 3), (2, 3, 6), (3, 3, 10), (14, 150, 0), (15, 150, 1), (150, 150, 10)])
+def test_the_pruner_compares_trials_at_the_same_tenth_of_their_own_epochs(epoch, epochs, tenths):
+    from pipeline.search import tenths_done
+
+    assert tenths_done(epoch, epochs) == tenths
