@@ -157,3 +157,18 @@ def test_every_pipeline_module_with_unit_tests_has_them_under_its_own_name():
     """A reader finds a module's unit tests by its name: tests/unit/test_MODULE.py tests pipeline/MODULE.py."""
     unit = {path.stem.removeprefix("test_") for path in (REPO_ROOT / "tests/unit").glob("test_*.py")}
     assert unit <= set(all_modules()), unit - set(all_modules())
+
+
+def test_no_output_dvc_caches_is_tracked_by_git():
+    """DVC refuses to write a cached output git tracks ("already tracked by SCM") in a fresh clone,
+    which the tests' own copies (committed afresh, .gitignore applied) would not show."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    cached = []
+    for stage in stages().values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+                if options.get("cache", True):
+                    cached += [path.replace("${key}", variant) for variant in params["variants"]] if "${key}" in path else [path]
+    tracked = subprocess.run(["git", "ls-files", "--", *cached], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert tracked == [], f"cached by DVC, yet tracked by git (git rm -r --cached them): {tracked[:5]}"
