@@ -320,6 +320,7 @@ def log_classifier_evaluation(run_id: str, labels: np.ndarray, predicted: np.nda
     variant's run: its `confusion_matrix` and `per_class_metrics` artifacts and metrics (from the
     predictions evaluate computed: no model is loaded again; explainability off)."""
     data = pd.DataFrame({"label": labels, "prediction": predicted})
+    trained = mlflow.MlflowClient().get_run(run_id).info
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)  # MLflow resumes runs of the active one only
     evaluator_log = logging.getLogger("mlflow.models.evaluation")
     level = evaluator_log.level
@@ -331,6 +332,8 @@ def log_classifier_evaluation(run_id: str, labels: np.ndarray, predicted: np.nda
             evaluator_config={"log_model_explainability": False, "label_list": list(range(10))},
         )
     evaluator_log.setLevel(level)
+    # Resuming the run ended it again, now: its duration in the UI would be training plus evaluate's wait.
+    mlflow.MlflowClient().set_terminated(run_id, trained.status, end_time=trained.end_time)
 
 
 def search_run(study: str, params: dict) -> str:

@@ -30,6 +30,7 @@ def runs_by_name(client) -> dict:
 
 def test_evaluate_compares_replicates_and_restores_a_lost_store(trained, tmp_path, monkeypatch, capsys):
     params = trained
+    trained_runs = {name: run.info for name, run in runs_by_name(mlflow.MlflowClient()).items()}
     capsys.readouterr()
     champion = evaluate(params)
     printed = capsys.readouterr().out
@@ -112,6 +113,9 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(trained, tmp_pat
         # MLflow's own classifier evaluation of the served ensemble, in the variant's run.
         assert {"confusion_matrix.png", "per_class_metrics.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
         assert run.data.tags["champion"] == ("true" if variant == champion else "false")
+        # Its duration in the UI is the training's own: evaluate's additions leave its times as train ended them.
+        assert (run.info.start_time, run.info.end_time, run.info.status) == (
+            trained_runs[variant].start_time, trained_runs[variant].end_time, "FINISHED")
     assert "champion" in client.get_registered_model("mnist-mlp").description
     # The links evaluate prints: the experiment in Model-training mode, the variants compared.
     experiment_link = (
