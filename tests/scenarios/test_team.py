@@ -1,6 +1,7 @@
 """A team's set-up: the unchanged pipeline logging to an `mlflow server` on a real PostgreSQL."""
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.helpers import clone, commit, edit_params, small_search, user_env, wait_until
+from tests.helpers import (
+    assert_answers_are_the_ensembles, clone, commit, edit_params, ensemble_probabilities, small_search, stages_run, user_env,
+    wait_until,
+)
 from tests.servers import free_port, tracking_server
 
 
@@ -146,27 +150,40 @@ def test_queued_experiments_run_in_two_workers_against_the_server(small_preproce
     assert seeds == [("mlp-256-64", "[1]"), ("mlp-256-64", "[2]"), ("mlp-256-64-bn", "[1]"), ("mlp-256-64-bn", "[2]")]
 
 
-def test_data_travel_to_a_teammate_through_a_dvc_remote(small_preprocessed, tmp_path):
-    repo = clone(small_preprocessed, tmp_path / "mine")
+def test_a_teammate_pulls_the_trained_models_from_a_dvc_remote_and_serves_the_champion_without_retraining(small_trained, tmp_path, canonical_arrays, monkeypatch):
+    """docs/how-to.md's remote, with a local folder as the remote: push from a trained checkout; a
+    git clone (no DVC cache, no MLflow store) pulls, and `dvc repro` retrains nothing and registers
+    the pulled models in its new store, whose @champion answers as the members do."""
+    repo = clone(small_trained, tmp_path / "mine")
     env = user_env()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 
     def run(*command, cwd):
         result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
+        return result.stdout + result.stderr
 
     run("dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"), cwd=repo)
+    run(*git, "commit", "-qam", "the team's remote", cwd=repo)
     run("dvc", "push", cwd=repo)
-    run(*git, "add", "-A", cwd=repo)
-    run(*git, "commit", "-qm", "data", cwd=repo)
 
     teammate = tmp_path / "theirs"
     run("git", "clone", "-q", str(repo), str(teammate), cwd=tmp_path)
-    run("dvc", "pull", "--with-deps", "preprocess", cwd=teammate)  # what was pushed: data, no models yet
-    for name in ("data/raw/mnist.npz", "data/processed/train.npz", "data/processed/test.npz"):
-        assert (teammate / name).read_bytes() == (repo / name).read_bytes()
-    assert "Data and pipelines are up to date" in run("dvc", "repro", "preprocess", cwd=teammate)
+    assert not (teammate / "mlflow.db").exists() and not (teammate / "models/mlp-256-64/seed-1.keras").exists()
+    run("dvc", "pull", cwd=teammate)
+    for name in ("data/processed/train.npz", "models/mlp-256-64/seed-1.keras", "reports/history/mlp-256-64-bn/seed-0.csv"):
+        assert (teammate / name).read_bytes() == (repo / name).read_bytes(), name
+    repro = run("dvc", "repro", cwd=teammate)
+    assert stages_run(repro) == ["register"], "nothing trained or evaluated again"
+    assert run("git", "status", "--porcelain", cwd=teammate) == ""
+
+    champion = json.loads((teammate / "reports/served.json").read_text())["champion"]
+    monkeypatch.chdir(teammate)  # artifact locations are relative to the repository root
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{teammate}/mlflow.db")
+    images = canonical_arrays["x_test"][:20].reshape(20, 784)
+    answer = mlflow.pyfunc.load_model("models:/mnist-mlp@champion").predict(images)
+    expected = ensemble_probabilities([repo / f"models/{champion}/seed-{seed}.keras" for seed in (0, 1)], images)
+    assert_answers_are_the_ensembles(answer["digit"], answer["probabilities"].tolist(), expected)
 
 
 def test_two_workers_share_one_study_on_postgresql_and_run_each_trial_once(small_preprocessed, tmp_path, postgres_uri, shared_server):
