@@ -40,6 +40,7 @@ STUDY_TAG, TRIAL_TAG, STATE_TAG = "optuna_study", "optuna_trial", "state"
 TRIAL_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 CHAMPION_TAG = "champion"
 COMPARISON_TAG = "comparison"  # on a variant's run: the evaluate run that compared it last
+PROJECT_RUN_TAG = "mlflow_project_run"  # on a stage's run under `mlflow run`: the project's own run
 FAILURE_TAG = "failure"  # on a FAILED replicate's run: why (a diverged loss, and the epoch)
 # Where a run's process runs: the next run of its stage on this host ends it KILLED if that process is gone.
 HOST_TAG, PID_TAG, PROCESS_STARTED_TAG = "host", "pid", "process_started"
@@ -138,7 +139,7 @@ def use_experiment(name: str) -> None:
 def run(
     name: str, tags: dict[str, str], params: dict | None = None, experiment: str = EXPERIMENT, system_metrics: bool = False
 ) -> Iterator[mlflow.ActiveRun]:
-    """A run in `experiment`; under `mlflow run`, a child of the project's run. With system_metrics,
+    """A run in `experiment`; under `mlflow run`, tagged with the project's run (PROJECT_RUN_TAG). With system_metrics,
     MLflow samples the machine's CPU and memory into it every SYSTEM_METRICS_SECONDS.
 
     Inside another run of this stage (a variant's run), it is that run's child.
@@ -151,11 +152,12 @@ def run(
         stage = tags.get("dvc_stage")
         for abandoned in end_abandoned_runs(stage) if stage else []:
             print(f"{stage}: run '{abandoned}' was left RUNNING by a process that is gone: ended it as KILLED")
-        # `mlflow run` hands its run to us through MLFLOW_RUN_ID; logging into it directly would
-        # pile every stage into one run, so each stage becomes its child instead.
-        parent = os.environ.pop("MLFLOW_RUN_ID", None)
-        if parent:
-            tags = {**tags, "mlflow.parentRunId": parent}
+        # `mlflow run` hands its run to us through MLFLOW_RUN_ID. Logging into it would pile every
+        # stage into one run, and nesting under it would move the project's run into the training
+        # experiment's list: each stage keeps its own top-level run, tagged with the project's.
+        project_run = os.environ.pop("MLFLOW_RUN_ID", None)
+        if project_run:
+            tags = {**tags, PROJECT_RUN_TAG: project_run}
     if system_metrics:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
         mlflow.set_system_metrics_samples_before_logging(1)
