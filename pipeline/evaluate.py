@@ -542,7 +542,7 @@ def evaluate(params: Params) -> str:
     print(f"evaluate: champion {name} (version {versions[name]}): models:/{registry.REGISTERED_MODEL}@{alias}")
     if experiment:
         print(f"evaluate: experiment {experiment}: @champion and the variants' aliases stay the main line's ({registry.RETURN_TO_MAIN_LINE})")
-    links = views.ui_links([runs[variant][0] for variant in table["variant"] if variant in runs])
+    links = views.ui_links()
     print("evaluate: the comparison in the MLflow UI (`make ui` serves it here; docs/mlflow.md):")
     for what, link in links.items():
         print(f"  {what}: {link}")

@@ -5,7 +5,6 @@ evaluate prints.
 from __future__ import annotations
 
 import json
-import urllib.parse
 
 import mlflow
 
@@ -16,21 +15,38 @@ from pipeline.tracking import CHAMPION_TAG, COMPARISON_TAG, EXPERIMENT
 # The columns of the experiment's comparison view (the runs table shows each metric's last value).
 VIEW_PARAMS = ["hidden_layers"]
 VIEW_METRICS = ["ensemble_val_accuracy", "ensemble_test_accuracy", "ensemble_test_ci_low", "ensemble_test_ci_high", "test_accuracy_mean"]
+# Its charts (the UI's chart mode, `compareRunsMode=CHART`), first and alone in their section: the
+# architecture against the served ensemble's accuracy, and that accuracy against training time.
+ANSWER_SECTION = "comparison-answer"
+ARCHITECTURE_PARAMS = ["depth", "width", "dropout"]
+ANSWER_METRICS = ["ensemble_val_accuracy", "ensemble_test_accuracy"]
 
 
-def ui_links(run_ids: list[str]) -> dict[str, str]:
-    """Where the MLflow UI shows the comparison: the experiment in Model-training mode, the
-    compare view of `run_ids`, the registered model. For `mlflow ui` on its default address,
+def chart_cards() -> tuple[list[dict], list[dict]]:
+    """The saved view's charts and their section, in the fields MLflow's UI keeps for them."""
+    common = {"runsCountToCompare": 100, "metricSectionId": ANSWER_SECTION, "deleted": False, "isGenerated": False}
+    charts = [
+        {**common, "uuid": "architecture-against-accuracy", "type": "PARALLEL", "showAllRuns": True,
+         "displayName": "Architecture against the served ensemble's accuracy",
+         "selectedParams": ARCHITECTURE_PARAMS, "selectedMetrics": ANSWER_METRICS},
+        {**common, "uuid": "accuracy-against-time", "type": "SCATTER", "displayName": "Served ensemble's validation accuracy against training time",
+         "xaxis": {"key": "train_seconds", "type": "METRIC"}, "yaxis": {"key": "ensemble_val_accuracy", "type": "METRIC"}},
+    ]
+    # One card a row (the UI's default, three, leaves the parallel axes' names overlapping).
+    sections = [{"uuid": ANSWER_SECTION, "name": "The comparison", "display": True, "isReordered": False, "deleted": False,
+                 "isGenerated": False, "columns": 1, "cardHeight": 420}]
+    return charts, sections
+
+
+def ui_links() -> dict[str, str]:
+    """Where the MLflow UI shows the comparison: the experiment's saved view in Model-training
+    mode, as a table and as its charts, and the registered model. For `mlflow ui` on its default address,
     or the tracking server's own (never its credentials)."""
     uri = mlflow.get_tracking_uri()
     base = without_credentials(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     experiment_id = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id
-    compare = urllib.parse.urlencode({"runs": json.dumps(run_ids, separators=(",", ":")), "experiments": json.dumps([experiment_id])})
-    return {
-        "experiment": f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_TAG}&workflowType=machine_learning",
-        "compare": f"{base}/#/compare-runs?{compare}",
-        "registry": f"{base}/#/models/{REGISTERED_MODEL}",
-    }
+    view = f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_TAG}&workflowType=machine_learning"
+    return {"experiment": view, "compare": f"{view}&compareRunsMode=CHART", "registry": f"{base}/#/models/{REGISTERED_MODEL}"}
 
 
 def save_comparison_view(evaluation: str) -> None:
@@ -44,4 +60,5 @@ def save_comparison_view(evaluation: str) -> None:
         "orderByAsc": False,
         "selectedColumns": [*(f"params.`{name}`" for name in VIEW_PARAMS), *(f"metrics.`{name}`" for name in VIEW_METRICS), f"tags.`{CHAMPION_TAG}`"],
     }
+    view["compareRunCharts"], view["compareRunSections"] = chart_cards()
     client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{COMPARISON_TAG}", json.dumps(view))

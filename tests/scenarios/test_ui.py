@@ -111,27 +111,20 @@ def test_the_experiment_page_lists_the_variants_with_test_accuracy_and_the_champ
     expect(first_row.get_by_role("link", name=champion, exact=True)).to_be_visible()
     expect(first_row.get_by_role("gridcell", name="true", exact=True)).to_be_visible()
     expect(page.get_by_role("gridcell", name="true", exact=True)).to_have_count(1)
-    close_the_assistant(page)
     shoot(page, screenshots, "experiment.png")
 
 
-def test_the_compare_view_of_the_variants_loads(page, ui, quick_run, screenshots):
+def test_the_compare_link_opens_the_architecture_against_the_served_accuracy_with_no_clicks(page, ui, quick_run, screenshots):
+    """The chart mode of the saved view, as the link opens it: the parallel coordinates of depth,
+    width and dropout against the served ensembles' accuracy, drawn for every variant."""
     variants, _ = variants_and_champion(quick_run[0])
     page.goto(ui[1]["compare"])
-    expect(page.get_by_text(f"Comparing {len(variants)} Runs from 1 Experiment")).to_be_visible()
-    for variant in variants:
-        expect(page.get_by_text(variant, exact=True).first).to_be_attached()
-    # Parallel coordinates of the architecture against the test accuracy, as the README shows it.
-    page.get_by_test_id("clear-button").click()
-    parameters, metrics = page.get_by_role("combobox").nth(0), page.get_by_role("combobox").nth(1)
-    for box, names in ((parameters, ["depth", "width", "dropout"]), (metrics, ["test_accuracy_mean"])):
-        box.click()
-        for name in names:
-            page.keyboard.type(name)
-            page.keyboard.press("Enter")
-        page.keyboard.press("Escape")
-    expect(page.locator("svg text", has_text="test_accuracy_mean").first).to_be_visible()
-    close_the_assistant(page)
+    expect(page.get_by_text(f"{len(variants)} matching runs")).to_be_visible()
+    chart = page.locator("[data-testid='experiment-view-compare-runs-chart-area']")
+    expect(chart.get_by_text("Parallel Coordinates", exact=True)).to_be_visible()
+    for axis in ("depth", "width", "dropout"):
+        expect(chart.locator("svg text", has_text=re.compile(f"^{axis}$")).first).to_be_visible()
+    expect(chart.get_by_text("train_seconds vs. ensemble_val_accuracy")).to_be_visible()
     shoot(page, screenshots, "compare.png")
 
 
@@ -142,7 +135,6 @@ def test_the_registry_shows_the_champion(page, ui, quick_run, screenshots):
     aliased = page.get_by_role("row").filter(has_text="@\u00a0champion")  # the alias chip: "@", a no-break space, its name
     expect(aliased).to_have_count(1)
     expect(aliased).to_contain_text(f": {champion}")  # on the champion's version (its variant tag)
-    close_the_assistant(page)
     shoot(page, screenshots, "registry.png")
 
 

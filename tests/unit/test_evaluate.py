@@ -126,8 +126,12 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(trained, tmp_pat
     compared = client.search_runs([experiment.experiment_id], view["searchFilter"])
     assert sorted(run.info.run_name for run in compared) == sorted(params.variants)
     assert f"  experiment: {experiment_link}\n" in printed
-    compared = [runs[variant].info.run_id for variant in table["variant"]]
-    assert f"  compare: http://127.0.0.1:5000/#/compare-runs?runs=%5B%22{compared[0]}%22%2C%22{compared[1]}%22%2C%22{compared[2]}%22%5D&" in printed
+    assert f"  compare: {experiment_link}&compareRunsMode=CHART\n" in printed
+    # Its charts: the architecture against the served ensemble's accuracy, on params and metrics the runs hold.
+    (parallel,) = [chart for chart in view["compareRunCharts"] if chart["type"] == "PARALLEL"]
+    for run in compared:
+        assert {"depth", "width", "dropout"} <= set(run.data.params) and set(parallel["selectedParams"]) == {"depth", "width", "dropout"}
+        assert set(parallel["selectedMetrics"]) == {"ensemble_val_accuracy", "ensemble_test_accuracy"} <= set(run.data.metrics)
 
     # A fresh store (a new clone, a deleted mlflow.db): evaluate registers what DVC still has.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/fresh.db")
