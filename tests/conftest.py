@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import load_params
 from pipeline.download import fetch
-from tests.helpers import REPO_ROOT, clone, commit, copy_of_repository, dvc, edit_params
+from tests.helpers import REPO_ROOT, clone, commit, copy_of_repository, dvc, edit_params, keep_variants
 
 SCENARIOS = REPO_ROOT / "tests" / "scenarios"
 # The modules whose tests read the quick run (minutes to build): one pytest-xdist worker builds it
@@ -78,7 +78,8 @@ def fresh_repo(tmp_path_factory, canonical_npz) -> Path:
 def shrink_to_two_variants(params: dict) -> None:
     """Two one-epoch variants on 2,000 images, two seeds: the smallest pipeline with a comparison."""
     params["data"]["subset"], params["train"]["seeds"] = 2000, [0, 1]
-    params["variants"] = {name: {**params["variants"][name], "epochs": 1} for name in ("mlp-256-64", "mlp-256-64-bn")}
+    keep_variants(params, "mlp-256-64", "mlp-256-64-bn")
+    params["variants"] = {name: {**spec, "epochs": 1} for name, spec in params["variants"].items()}
 
 
 @pytest.fixture(scope="session")

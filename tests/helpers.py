@@ -162,7 +162,17 @@ def with_value(dotted_key: str, value) -> dict:
 
 
 def only_variants(params: Params, *names: str) -> Params:
-    return params.model_copy(update={"variants": {name: params.variants[name] for name in names}})
+    """`params` with only the variants `names` (and their `promoted` entries, if any)."""
+    return params.model_copy(update={
+        "variants": {name: params.variants[name] for name in names},
+        "promoted": {name: entry for name, entry in params.promoted.items() if name in names},
+    })
+
+
+def keep_variants(raw: dict, *names: str) -> None:
+    """Raw params reduced to the variants `names` (and their `promoted` entries, if any)."""
+    raw["variants"] = {name: raw["variants"][name] for name in names}
+    raw["promoted"] = {name: entry for name, entry in (raw.get("promoted") or {}).items() if name in names}
 
 
 def small_search(params: dict, study: str = "test-search", trials: int = 3, epochs=(2, 2), heartbeat_seconds: int = 5) -> None:

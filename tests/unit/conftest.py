@@ -8,7 +8,7 @@ import pytest
 from pipeline.config import load_params
 from pipeline.evaluate import evaluate
 from pipeline.train import train
-from tests.helpers import REPO_ROOT, edit_params, only_variants, small_workspace
+from tests.helpers import REPO_ROOT, edit_params, keep_variants, only_variants, small_workspace
 
 SEEDS = [0, 1]
 TRAINED = ("mlp-256-64", "mlp-256-64-bn", "mlp-256-256-he-dropout")
@@ -51,7 +51,7 @@ def trained_workspace(processed_workspace, tmp_path_factory):
 
     def as_trained(raw):
         raw["data"]["subset"], raw["train"]["max_epochs"], raw["train"]["seeds"] = 600, 2, SEEDS
-        raw["variants"] = {name: raw["variants"][name] for name in TRAINED}
+        keep_variants(raw, *TRAINED)
 
     edit_params(root, as_trained)
     assert load_params(root / "params.yaml") == trained
