@@ -348,7 +348,10 @@ def outcome_of_twin(trial: optuna.Trial, twin: optuna.trial.FrozenTrial, run_id:
     return twin.value
 
 
-DESIGN_COLUMNS = ["hidden_layers", "batch_norm", "dropout", "input_dropout", "max_norm", "learning_rate", "batch_size", "epochs", "initializer"]
+DESIGN_COLUMNS = [
+    "hidden_layers", "batch_norm", "dropout", "input_dropout", "max_norm", "learning_rate", "batch_size", "epochs", "initializer",
+    "input_noise", "hidden_noise", "lr_schedule",
+]
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
