@@ -106,13 +106,16 @@ def import_wall_time() -> float:
 PHASES = {
     "train": {
         "pipeline.train": ["load_split", "write_replicate", "write_variant"],
-        "pipeline.tracking": ["check_store", "log_datasets", "record_replicate", "record_variant"],
+        "pipeline.store": ["check_store"],
+        "pipeline.tracking": ["log_datasets", "record_replicate", "record_variant"],
         "pipeline.training": ["build_replicates", "replicate_batches", "replicate_validation", "export_replicate"],
         "mlflow": ["set_experiment"],
     },
     "evaluate": {
-        "pipeline.evaluate": ["load_split", "trained", "score_variant", "write_reports"],
-        "pipeline.tracking": ["check_store", "ensure_registered", "record_evaluation", "set_champion"],
+        "pipeline.evaluate": ["load_split", "trained", "score_variant", "write_comparison", "write_differences"],
+        "pipeline.registry": ["ensure_registered", "set_champion"],
+        "pipeline.tracking": ["record_evaluation", "record_results", "log_classifier_evaluation"],
+        "pipeline.store": ["check_store"],
         "mlflow": ["set_experiment"],
     },
 }

@@ -182,3 +182,10 @@ def small_search(params: dict, study: str = "test-search", trials: int = 3, epoc
     params["search"].update(study=study, trials=trials, random_trials=1, heartbeat_seconds=heartbeat_seconds, timeout_minutes=None)
     params["search"]["pruner"].update(startup_trials=1, warmup_epochs=0)
     params["search"]["space"].update(depth=[1, 1], width=[32, 64], epochs=list(epochs))
+
+
+def one_hot_rows(predicted: np.ndarray, confidence: float = 0.9) -> np.ndarray:
+    """Class probabilities whose top class is `predicted`, with `confidence` on it."""
+    rows = np.full((len(predicted), 10), (1 - confidence) / 9)
+    rows[np.arange(len(predicted)), predicted] = confidence
+    return rows

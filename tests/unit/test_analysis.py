@@ -1,5 +1,5 @@
-"""The champion's rule and where classifiers differ, on constructed probabilities with known answers;
-each statistic against scipy or scikit-learn called another way, or a case worked by hand."""
+"""Where classifiers differ, on constructed probabilities with known answers; each statistic
+against scipy or scikit-learn called another way, or a case worked by hand."""
 
 import math
 
@@ -10,75 +10,7 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import classification_report, confusion_matrix
 
 from pipeline import analysis, stats
-from pipeline.config import load_params
-from pipeline.evaluate import Ensemble, comparison_table
-
-from tests.helpers import REPO_ROOT
-
-
-def one_hot_rows(predicted: np.ndarray, confidence: float = 0.9) -> np.ndarray:
-    """Class probabilities whose top class is `predicted`, with `confidence` on it."""
-    rows = np.full((len(predicted), 10), (1 - confidence) / 9)
-    rows[np.arange(len(predicted)), predicted] = confidence
-    return rows
-
-
-def predictions_with(labels: np.ndarray, wrong: np.ndarray) -> np.ndarray:
-    """The labels, except at the indices `wrong`, where the next digit is predicted."""
-    predicted = labels.copy()
-    predicted[wrong] = (labels[wrong] + 1) % 10
-    return predicted
-
-
-@pytest.fixture
-def constructed():
-    """Three variants on 200 validation images. A's replicates are the best on average, but B's
-    ensemble is the best served model; C's ensemble is far behind B's."""
-    params = load_params(REPO_ROOT / "params.yaml")
-    names = ["mlp-a", "mlp-b", "mlp-c"]
-    params = params.model_copy(update={"variants": {name: params.variants["mlp-256-64"] for name in names}})
-    labels = np.arange(200) % 10
-    wrong = {"mlp-a": np.arange(0, 20), "mlp-b": np.arange(10, 24), "mlp-c": np.arange(100, 160)}  # 20, 14, 60 mistakes
-    ensembles = {
-        name: Ensemble(one_hot_rows(predictions_with(labels, wrong[name])), one_hot_rows(labels)) for name in names
-    }
-    replicates = pd.DataFrame(
-        [{"variant": name, "seed": seed, "val_accuracy": value, "test_loss": 0.1, "test_accuracy": 0.9}
-         for name, values in {"mlp-a": [0.95, 0.96, 0.97], "mlp-b": [0.90, 0.91, 0.92], "mlp-c": [0.80, 0.81, 0.82]}.items()
-         for seed, value in enumerate(values)]
-    )
-    metrics = {name: {"params": 1, "epochs": 1, "train_seconds": 1.0} for name in names}
-    failures = {name: {} for name in names}
-    return params, metrics, replicates, ensembles, {"validation": labels, "test": labels}, failures, wrong
-
-
-def test_the_champion_is_the_best_served_ensemble_and_its_ties_come_from_mcnemar_with_holm(constructed):
-    params, metrics, replicates, ensembles, labels, failures, wrong = constructed
-    table = comparison_table(params, metrics, replicates, ensembles, labels, failures)
-    assert table["variant"].tolist() == ["mlp-b", "mlp-a", "mlp-c"]
-    assert table["ensemble_val_accuracy"].tolist() == [186 / 200, 180 / 200, 140 / 200]
-
-    # Discordant images, counted by hand: B right where A is wrong (0-9), A right where B is wrong (20-23).
-    def exact(b_only, other_only):  # the two-sided exact binomial p, from the binomial's CDF
-        n = b_only + other_only
-        return min(1.0, 2 * scipy_stats.binom.cdf(min(b_only, other_only), n, 0.5))
-    # Against C: C is wrong on 100-159 and B on 10-23, never on the same image: 60 and 14.
-    raw = [exact(10, 4), exact(60, 14)]
-    smaller, larger = sorted(raw)
-    holm = {smaller: min(1, 2 * smaller), larger: min(1, max(2 * smaller, larger))}  # Holm's step-down, two tests
-    assert table["p_vs_champion"][1] == pytest.approx(holm[raw[0]])
-    assert table["p_vs_champion"][2] == pytest.approx(holm[raw[1]])
-    assert table["tied_with_champion"].tolist()[1:] == [True, False]
-
-
-def test_replicate_mean_keeps_the_earlier_rule(constructed):
-    params, metrics, replicates, ensembles, labels, failures, _ = constructed
-    params = params.model_copy(update={"champion": params.champion.model_copy(update={"select": "replicate_mean"})})
-    table = comparison_table(params, metrics, replicates, ensembles, labels, failures)
-    assert table["variant"].tolist() == ["mlp-a", "mlp-b", "mlp-c"]
-    by_seed = replicates.pivot(index="seed", columns="variant", values="val_accuracy")
-    raw = [scipy_stats.ttest_rel(by_seed["mlp-a"], by_seed[v]).pvalue for v in ("mlp-b", "mlp-c")]
-    assert table["p_vs_champion"][1:].tolist() == pytest.approx(list(stats.holm(raw)))
+from tests.helpers import one_hot_rows
 
 
 def test_the_wilson_interval_is_the_hand_formula():

@@ -1,6 +1,6 @@
 """pipeline/evaluate.py, in-process against a temporary MLflow SQLite store: the comparison of
 replicates and seed ensembles, checked against plain Keras and scikit-learn; a lost store restored;
-diverged and damaged replicates left out; one seed; the search's overstatement by hand.
+diverged and damaged replicates left out; one seed.
 Workspaces: tests/unit/conftest.py."""
 
 import json
@@ -14,11 +14,10 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from pipeline import registry
-from pipeline.config import parse_params
 from pipeline.data import load_split
-from pipeline.evaluate import evaluate, promoted_paragraph, promoted_table
+from pipeline.evaluate import evaluate
 from pipeline.train import train
-from tests.helpers import only_variants, with_value
+from tests.helpers import only_variants
 
 SEEDS = [0, 1]
 
@@ -239,20 +238,3 @@ def test_one_seed_still_gives_the_table_with_empty_spreads(workspace, tmp_path):
     assert "val_accuracy_std" not in parent.data.metrics and "test_accuracy_ci_low" not in parent.data.metrics
     version = mlflow.MlflowClient().get_model_version_by_alias("mnist-mlp", "mlp-256-64")
     assert "t-interval" not in version.description and "seeds 0)" in version.description  # no spread over one seed
-
-
-def test_the_overstatement_is_the_search_score_minus_the_confirmed_mean(default_params):
-    """A hand-worked case: the search said 0.9900 on its two seeds; five fresh seeds average 0.9850."""
-    raw = with_value("promoted", {"mlp-256-64": {"study": "s", "trial": 7, "seeds": [100, 101], "val_accuracy": 0.99}})
-    params = parse_params(raw)
-    table = pd.DataFrame({
-        "variant": ["mlp-512-256-128", "mlp-256-64"], "val_accuracy_mean": [0.987, 0.985],
-        "val_accuracy_ci_low": [0.98, 0.982], "val_accuracy_ci_high": [0.99, 0.988],
-        "ensemble_val_accuracy": [0.99, 0.9871], "ensemble_test_accuracy": [0.989, 0.9866],
-    })
-    row = promoted_table(params, table).iloc[0]
-    assert (row["variant"], row["trial"], row["search_seeds"], row["rank"]) == ("mlp-256-64", 7, "100 101", 2)
-    assert row["overstatement"] == pytest.approx(0.005)
-    assert (row["val_accuracy_ci_low"], row["ensemble_test_accuracy"]) == (0.982, 0.9866)
-    text = promoted_paragraph(promoted_table(params, table), [0, 1, 2, 3, 4], 2)
-    assert "+0.50 points" in text and "2 of 2" in text
