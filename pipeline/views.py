@@ -61,4 +61,5 @@ def save_comparison_view(evaluation: str) -> None:
         "selectedColumns": [*(f"params.`{name}`" for name in VIEW_PARAMS), *(f"metrics.`{name}`" for name in VIEW_METRICS), f"tags.`{CHAMPION_TAG}`"],
     }
     view["compareRunCharts"], view["compareRunSections"] = chart_cards()
+    view["runsHiddenMode"] = "SHOW_ALL"  # the UI charts its first 10 runs by default: the comparison has more
     client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{COMPARISON_TAG}", json.dumps(view))

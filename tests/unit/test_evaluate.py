@@ -127,6 +127,7 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(trained, tmp_pat
     assert f"  experiment: {experiment_link}\n" in printed
     assert f"  compare: {experiment_link}&compareRunsMode=CHART\n" in printed
     # Its charts: the architecture against the served ensemble's accuracy, on params and metrics the runs hold.
+    assert view["runsHiddenMode"] == "SHOW_ALL"  # every compared run charted, not the UI's first ten
     (parallel,) = [chart for chart in view["compareRunCharts"] if chart["type"] == "PARALLEL"]
     for run in compared:
         assert {"depth", "width", "dropout"} <= set(run.data.params) and set(parallel["selectedParams"]) == {"depth", "width", "dropout"}
