@@ -3,11 +3,14 @@ line per mistake; its sampler, on a real Optuna storage. The search itself, run 
 runs it: tests/scenarios/test_search.py."""
 
 import optuna
+import pandas as pd
 import pytest
 
 from pipeline.config import parse_params
 from pipeline.errors import ParamsError
-from pipeline.search import TrialSeededSampler
+from pipeline.search import (
+    LINEAR_DECAY_FRACTION, RECIPES, TrialSeededSampler, accuracy_cost_front, design_name, recipe_trial, start_from_recipes, tenths_done,
+)
 from tests.helpers import with_value
 
 
@@ -62,10 +65,6 @@ def test_workers_started_together_draw_different_designs_and_one_alone_draws_the
 def test_the_accuracy_cost_front_keeps_the_trials_none_beats_on_both_counts():
     """Hand-worked: b is dominated by a (slower, worse), d by c (slower, equal), the pruned and
     unscored ones are no candidates; the front a, c, e: each better than every faster one."""
-    import pandas as pd
-
-    from pipeline.search import accuracy_cost_front
-
     trials = pd.DataFrame({
         "variant": ["a", "b", "c", "d", "e", "f", "g"],
         "state": ["complete"] * 5 + ["pruned", "complete"],
@@ -79,8 +78,6 @@ def test_the_published_recipes_start_the_study_fitted_to_its_space(default_param
     """Rasmus et al.'s baseline as the default space holds it (widths to powers of two, epochs the
     space's longest, linear decay over the last third), queued once however often a worker starts;
     a space too shallow for it leaves it out, saying why."""
-    from pipeline.search import LINEAR_DECAY_FRACTION, RECIPES, recipe_trial, start_from_recipes
-
     space = default_params.search.space
     params, _ = recipe_trial(RECIPES["rasmus-2015"], space)
     assert params == {
@@ -100,8 +97,6 @@ def test_the_published_recipes_start_the_study_fitted_to_its_space(default_param
 
 
 def test_a_design_name_reads_as_its_design_within_63_characters(default_params):
-    from pipeline.search import design_name
-
     spec = default_params.variants["mlp-256-64"].model_copy(update={
         "hidden_layers": [1024, 512, 256, 256, 256], "batch_norm": True, "input_noise": 0.3, "hidden_noise": 0.3, "lr_schedule": "linear"})
     assert design_name(spec, 0) == "mlp-1024-512-256x3-bn-n30-hn30-lin-t0"
@@ -112,6 +107,4 @@ def test_a_design_name_reads_as_its_design_within_63_characters(default_params):
 
 @pytest.mark.parametrize("epoch, epochs, tenths", [(1, 2, 5), (2, 2, 10), (1, 3, 3), (2, 3, 6), (3, 3, 10), (14, 150, 0), (15, 150, 1), (150, 150, 10)])
 def test_the_pruner_compares_trials_at_the_same_tenth_of_their_own_epochs(epoch, epochs, tenths):
-    from pipeline.search import tenths_done
-
     assert tenths_done(epoch, epochs) == tenths
