@@ -125,6 +125,18 @@ def end_abandoned_runs(dvc_stage: str) -> list[str]:
     return ended
 
 
+def again_if_raced(keys: tuple[str, ...], call, *args, **kwargs):
+    """`call(*args, **kwargs)`, once more if it lost an insert race on one of `keys`: a server looks a row up, then
+    inserts it, so two processes writing the same row at the same moment (queued experiments, search
+    workers) collide on its key. The row exists now, and the second call finds it."""
+    try:
+        return call(*args, **kwargs)
+    except mlflow.exceptions.MlflowException as error:
+        if not any(key in str(error) for key in keys):
+            raise
+        return call(*args, **kwargs)
+
+
 def use_experiment(name: str) -> None:
     """Make `name` the active experiment, described, and shown in the UI's Model-training mode."""
     experiment = mlflow.set_experiment(name)
@@ -132,7 +144,8 @@ def use_experiment(name: str) -> None:
     wanted = {"mlflow.note.content": EXPERIMENT_DESCRIPTIONS[name], "mlflow.experimentKind": "custom_model_development"}
     for key, value in wanted.items():
         if experiment.tags.get(key) != value:
-            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+            again_if_raced(("experiment_tag_pk", "UNIQUE constraint failed: experiment_tags"),
+                           mlflow.MlflowClient().set_experiment_tag, experiment.experiment_id, key, value)
 
 
 @contextlib.contextmanager
@@ -178,14 +191,7 @@ def log_datasets(splits: dict[str, tuple[np.ndarray, np.ndarray, Path]]) -> None
             # MLflow registers its local-file source under two schemes and warns that a path matches both.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(x, targets=y, source=str(source), name=f"mnist-{context}")
-        try:
-            mlflow.log_input(dataset, context=context)
-        except mlflow.exceptions.MlflowException as error:
-            # A server looks the dataset up, then inserts it: two runs logging the same data at the
-            # same moment (queued experiments, search workers) collide on its key. It exists now.
-            if "dataset_pk" not in str(error) and "UNIQUE constraint failed: datasets" not in str(error):
-                raise
-            mlflow.log_input(dataset, context=context)
+        again_if_raced(("dataset_pk", "UNIQUE constraint failed: datasets"), mlflow.log_input, dataset, context=context)
 
 
 def _logged_params(params: dict) -> dict[str, str]:
