@@ -68,9 +68,11 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # Variant names become DVC stage names (train@NAME), param paths (variants.NAME) and
 # MLflow aliases (models:/mnist-mlp@NAME): no dots, no spaces, not an alias MLflow reserves.
 MAX_VARIANT_NAME = 63
-VariantName = Annotated[str, StringConstraints(pattern=r"^(?!v\d+$|latest$|champion$)[a-z][a-z0-9-]{0,62}$")]
+VariantName = Annotated[
+    str, StringConstraints(pattern=rf"^(?!v\d+$|latest$|champion$)[a-z][a-z0-9-]{{0,{MAX_VARIANT_NAME - 1}}}$")
+]
 VARIANT_NAME_RULE = (
-    "a variant's name is 1-63 lowercase letters, digits and hyphens, starting with a letter, and not "
+    f"a variant's name is 1-{MAX_VARIANT_NAME} lowercase letters, digits and hyphens, starting with a letter, and not "
     "champion, latest or vN (it names the DVC stage train@NAME, the folder models/NAME and the MLflow alias @NAME)"
 )
 
