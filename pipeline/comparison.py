@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline import analysis, stats
 from pipeline.config import Params
-from pipeline.data import DataError
+from pipeline.data import SERVED_IMAGE, DataError
 from pipeline.scoring import Ensemble, scores
 
 
@@ -254,7 +254,8 @@ def version_description(row: pd.Series, seeds: list[int], champion: str, rule: s
         f"hidden layers {row['hidden_layers']}, {row['epochs']} epochs, {row['params']:,} parameters each. This ensemble: "
         f"validation accuracy {row['ensemble_val_accuracy']:.4f}, test accuracy {row['ensemble_test_accuracy']:.4f} "
         f"(95% Wilson interval [{row['ensemble_test_ci_low']:.4f}, {row['ensemble_test_ci_high']:.4f}]). Single replicates: "
-        f"validation accuracy {validation}, test accuracy {test}. {verdict}"
+        f"validation accuracy {validation}, test accuracy {test}. {verdict} Input: rows of {SERVED_IMAGE}; output: "
+        "`digit` and the ten class `probabilities` (every accepted form: the registered model's description)."
     )
 
 

@@ -18,8 +18,9 @@ NUM_CLASSES = 10
 TRAIN_IMAGES = 60_000
 MAX_SERVED_BATCH = 4096  # images per request to the served model: bounds what one costs in memory and time
 # What the served model accepts (its MLmodel metadata `input`, docs/serving.md).
+SERVED_IMAGE = f"{IMAGE_PIXELS} raw pixel intensities 0-255 (a 28x28 image, row-major)"
 SERVED_INPUT = (
-    f"rows of {IMAGE_PIXELS} raw pixel intensities 0-255 (a 28x28 image, row-major), 1 to {MAX_SERVED_BATCH} rows a "
+    f"rows of {SERVED_IMAGE}, 1 to {MAX_SERVED_BATCH} rows a "
     "request: uint8, integers or floats, as a numpy array (N x 784 or N x 28 x 28), a pandas DataFrame of 784 "
     "columns, JSON `inputs` / `instances` / `dataframe_split` / `dataframe_records`, or CSV with a header row (as "
     "`DataFrame.to_csv(index=False)` writes). Refused: a CSV without its header line, features already scaled to [0, 1], "

@@ -46,7 +46,7 @@ REGISTERED_MODEL_DESCRIPTION = (
     "`champion.select`; the test set reports, it never chooses). Each version's description gives its "
     "validation and test accuracy with intervals, and whether it is tied with the champion. A DVC experiment "
     "(`dvc exp run`) moves none of these: its versions carry the tag `dvc_experiment`, its champion the alias "
-    "`@exp-NAME`."
+    "`@exp-NAME`. Input: " + SERVED_INPUT + " Output: `digit` and the ten class `probabilities`."
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -57,9 +57,11 @@ SERVED_FILES = ("__init__.py", "serving.py", "data.py", "ensemble.py", "errors.p
 # The distributions those files import, and Keras' backend.
 SERVING_DISTRIBUTIONS = ("mlflow", "numpy", "pandas", "keras", "tensorflow-cpu", "tensorflow")
 
-# Outputs only: an input schema would make MLflow refuse what users send (uint8 arrays, integer CSV
-# cells) before the model sees it; the served model checks its input itself (data.SERVED_INPUT, recorded
-# in the model's metadata as `input`).
+# Outputs only: MLflow enforces any input schema before the model sees the request, and none states
+# what users send (docs/serving.md#what-it-accepts): a float64 tensor refuses uint8 arrays and integer
+# CSV; 784 unnamed columns refuse 28x28 images and silently keep the first 784 cells of a wider row;
+# named columns refuse plain arrays. The model checks its input itself (data.SERVED_INPUT, in its
+# metadata as `input`, and in the registered model's and each version's description).
 SIGNATURE = mlflow.models.ModelSignature(
     outputs=Schema([ColSpec("long", "digit"), ColSpec(Array("double"), "probabilities")]),
 )

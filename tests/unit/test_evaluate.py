@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from pipeline import registry
-from pipeline.data import load_split
+from pipeline.data import SERVED_INPUT, load_split
 from pipeline.evaluate import evaluate
 from pipeline.train import train
 from tests.helpers import only_variants
@@ -109,13 +109,15 @@ def test_evaluate_compares_replicates_and_restores_a_lost_store(trained, tmp_pat
         assert described.startswith(f"{variant}: the seed ensemble of 2 replicates (seeds 0, 1)")
         assert f"test accuracy {rows.loc[variant, 'test_accuracy_mean']:.4f}, 95% t-interval" in described
         assert f"This ensemble: validation accuracy {rows.loc[variant, 'ensemble_val_accuracy']:.4f}, test accuracy {rows.loc[variant, 'ensemble_test_accuracy']:.4f} (95% Wilson interval" in described
+        assert "Input: rows of 784 raw pixel intensities 0-255" in described  # the version's page says what it takes
         # MLflow's own classifier evaluation of the served ensemble, in the variant's run.
         assert {"confusion_matrix.png", "per_class_metrics.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
         assert run.data.tags["champion"] == ("true" if variant == champion else "false")
         # Its duration in the UI is the training's own: evaluate's additions leave its times as train ended them.
         assert (run.info.start_time, run.info.end_time, run.info.status) == (
             trained_runs[variant].start_time, trained_runs[variant].end_time, "FINISHED")
-    assert "champion" in client.get_registered_model("mnist-mlp").description
+    registered = client.get_registered_model("mnist-mlp").description
+    assert "champion" in registered and SERVED_INPUT in registered
     # The links evaluate prints: the experiment in Model-training mode, the variants compared.
     experiment_link = (
         f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=comparison&workflowType=machine_learning"
