@@ -58,6 +58,7 @@ MAX_LEARNING_RATE = 1_000.0  # finite in float32 with room to spare; no rate nea
 MAX_INIT_STDDEV = 100.0
 MAX_MAX_NORM = 100.0
 MAX_NOISE = 2.0  # standard deviation, on the pixels' [0, 1] scale: twice their whole range
+MAX_VAT_EPSILON = 28.0  # a perturbation's L2 norm over the 784 pixels: an all-white image's norm
 MAX_TRIALS = 10_000
 # What a variant's replicates may need at once (estimate_memory): a third of this machine's 24 GB,
 # leaving TensorFlow, the data and the operating system the rest.
@@ -104,6 +105,10 @@ class FitSettings(_Section):
     hidden_noise: float = Field(default=0.0, ge=0, le=MAX_NOISE, allow_inf_nan=False)
     lr_schedule: LearningRateSchedule = "constant"
     decay_fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)  # linear: the final part that decays
+    # Virtual adversarial training (Miyato et al., 2016), off at 0: each step also penalises how far the
+    # prediction moves under the input perturbation of this L2 norm (over the pixels, [0, 1] scale)
+    # that moves it most, found by one power iteration. About three times a step's work.
+    vat_epsilon: float = Field(default=0.0, ge=0, le=MAX_VAT_EPSILON, allow_inf_nan=False)
 
 
 class TrainParams(FitSettings):
@@ -195,6 +200,7 @@ class SearchSpace(_Section):
     input_noise: list[Annotated[float, Field(ge=0, le=MAX_NOISE, allow_inf_nan=False)]]  # Gaussian, on the pixels
     hidden_noise: list[Annotated[float, Field(ge=0, le=MAX_NOISE, allow_inf_nan=False)]]  # after each normalisation
     lr_schedule: list[LearningRateSchedule]  # linear decays over the final third (search.LINEAR_DECAY_FRACTION)
+    vat_epsilon: list[Annotated[float, Field(ge=0, le=MAX_VAT_EPSILON, allow_inf_nan=False)]]  # 0: no VAT
 
     @field_validator("depth", "dropout", "input_dropout", "epochs", "input_noise", "hidden_noise")
     @classmethod
@@ -214,7 +220,7 @@ class SearchSpace(_Section):
             raise ValueError(f"widths are powers of two from {MIN_WIDTH} to {MAX_WIDTH} (got {bounds})")
         return bounds
 
-    @field_validator("batch_norm", "max_norm", "batch_size", "initializer", "lr_schedule")
+    @field_validator("batch_norm", "max_norm", "batch_size", "initializer", "lr_schedule", "vat_epsilon")
     @classmethod
     def _is_choice(cls, values: list) -> list:
         return _choice(values)
@@ -248,7 +254,7 @@ class SearchParams(_Section):
     pruner: PrunerParams
     promote: PositiveInt = Field(le=100)  # how many of the best designs `promote` writes into variants
     # Published recipes the study starts with, as its first trials (search.RECIPES), fitted to `space`.
-    start_from: list[Literal["rasmus-2015", "srivastava-2014"]]
+    start_from: list[Literal["rasmus-2015", "srivastava-2014", "miyato-2016"]]
     space: SearchSpace
 
     @model_validator(mode="after")
@@ -306,6 +312,13 @@ class Params(_Section):
         return self
 
     @model_validator(mode="after")
+    def _vat_trains_replicates(self) -> "Params":
+        """VAT is a together model's objective (model.build_replicates); multi_worker trains a plain one."""
+        if self.train.strategy == "multi_worker" and (vat := sorted(name for name, spec in self.variants.items() if spec.vat_epsilon)):
+            raise ValueError(f"variants {', '.join(vat)}: vat_epsilon is not available with train.strategy multi_worker; set it to 0 or use strategy none")
+        return self
+
+    @model_validator(mode="after")
     def _search_is_apart(self) -> "Params":
         """The search's seeds are not the confirmation's (its best would be scored on its own draws);
         a promoted entry belongs to a variant."""
@@ -337,7 +350,8 @@ def estimate_memory(spec: VariantSpec, seeds: int) -> int:
     gradient and two optimizer slots; per batch image every layer's activations, kept for the
     backward pass (three copies: output, mask or normalised value, gradient)."""
     activations = spec.batch_size * (IMAGE_PIXELS + sum(spec.hidden_layers) + NUM_CLASSES)
-    return seeds * FLOAT_BYTES * (4 * parameter_count(spec) + 3 * activations)
+    passes = 3 if spec.vat_epsilon else 1  # VAT's two perturbed forward passes are kept too
+    return seeds * FLOAT_BYTES * (4 * parameter_count(spec) + 3 * passes * activations)
 
 
 def _fields_at(location: tuple) -> dict | None:

@@ -34,6 +34,7 @@ SEED_STRIDE = 1000
 
 INPUT_LAYER = SEED_STRIDE - 1  # the input Dropout's seed slot: no hidden layer reaches it (MAX_HIDDEN_LAYERS)
 INPUT_NOISE_LAYER = SEED_STRIDE - 2  # the input noise's
+VAT_DIRECTION_SLOT = SEED_STRIDE - 3  # VAT's random probe directions
 HIDDEN_NOISE_OFFSET = SEED_STRIDE // 2  # hidden layer i's noise: slot i + this, apart from its Dropout's (i)
 
 
@@ -155,12 +156,63 @@ def replicate_key(seed: int) -> str:
     return f"seed_{seed}"
 
 
+VAT_XI = 1e-6  # the power iteration's probe: its L2 norm (Miyato et al.'s value)
+
+
+def unit_rows(vectors: tf.Tensor) -> tf.Tensor:
+    """Each row scaled to L2 norm 1 (a zero row stays zero). Divided by its largest entry first: the
+    power iteration's gradients are of order 1e-9, whose squares l2_normalize would take for zero."""
+    largest = tf.reduce_max(tf.abs(vectors), axis=1, keepdims=True)
+    return tf.math.l2_normalize(tf.math.divide_no_nan(vectors, largest), axis=1)
+
+
+def adversarial_perturbation(
+    network: keras.Model, pixels: tf.Tensor, probabilities: tf.Tensor, epsilon: float, seed: tf.Tensor, under_xla: bool = False
+) -> tf.Tensor:
+    """VAT's perturbation of each image: the direction in which the network's prediction moves most
+    (the leading eigenvector of the divergence's curvature, by one power iteration from a random
+    direction), scaled to L2 norm epsilon. `probabilities` is the unperturbed prediction, held fixed.
+    The random direction is Threefry's under XLA (see ThreefryDropout), which only XLA runs."""
+    algorithm = "threefry" if under_xla else "auto_select"
+    probe = VAT_XI * unit_rows(tf.random.stateless_normal(tf.shape(pixels), seed, dtype=pixels.dtype, alg=algorithm))
+    with tf.GradientTape() as tape:
+        tape.watch(probe)
+        divergence = tf.reduce_mean(keras.losses.kl_divergence(probabilities, network(pixels + probe, training=True)))
+    direction = tf.stop_gradient(tape.gradient(divergence, probe))
+    return epsilon * unit_rows(direction)
+
+
+class VirtualAdversarialReplicates(keras.Model):
+    """Replicates side by side (build_replicates) whose loss adds, for each, virtual adversarial
+    training's term: the KL divergence between its prediction and its prediction under
+    adversarial_perturbation. Training only; validation reports cross-entropy alone. The perturbed
+    passes run in training mode, so they draw their own noise and BatchNorm also averages their
+    statistics. Only training builds this: the saved replicates are plain networks (export_replicate)."""
+
+    def __init__(self, inputs, outputs, epsilon: float, seeds: list[int], under_xla: bool, **kwargs):
+        super().__init__(inputs, outputs, **kwargs)
+        self.epsilon, self.under_xla = epsilon, under_xla
+        self.direction_seeds = {replicate_key(seed): keras.random.SeedGenerator(layer_seed(seed, VAT_DIRECTION_SLOT)) for seed in seeds}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        if not training:
+            return loss
+        for key, generator in self.direction_seeds.items():
+            network, probabilities = self.get_layer(f"mlp_{key}"), tf.stop_gradient(y_pred[key])
+            seed = tf.cast(tf.math.floormod(generator.next(), tf.int32.max - 1), tf.int32)
+            perturbation = adversarial_perturbation(network, x[key], probabilities, self.epsilon, seed, self.under_xla)
+            loss += tf.reduce_mean(keras.losses.kl_divergence(probabilities, network(x[key] + perturbation, training=True)))
+        return loss
+
+
 def build_replicates(spec: VariantSpec, seeds: list[int], steps_per_execution: int = 1) -> keras.Model:
     """The replicates of `seeds` as one model: independent networks side by side, one input and
     one output each, trained by one compiled program.
 
-    Keras sums the outputs' losses, and each network's weights reach that sum through its own
-    loss only: the optimizer updates every copy exactly as if it trained alone. Each copy keeps its
+    Keras sums the outputs' losses (and with vat_epsilon, each copy's VAT term), and each network's
+    weights reach that sum through its own loss only: the optimizer updates every copy exactly as if
+    it trained alone. Each copy keeps its
     seed's initial weights and Dropout masks (the data order is the caller's, per input).
     """
     inputs, outputs = {}, {}
@@ -169,7 +221,10 @@ def build_replicates(spec: VariantSpec, seeds: list[int], steps_per_execution: i
         network = build_network(spec, seed, name=f"mlp_{key}", for_xla_training=spec.jit_compile)
         inputs[key] = keras.Input(shape=(IMAGE_PIXELS,), name=key)
         outputs[key] = network(inputs[key])
-    model = keras.Model(inputs, outputs, name="replicates")
+    if spec.vat_epsilon:
+        model = VirtualAdversarialReplicates(inputs, outputs, spec.vat_epsilon, seeds, spec.jit_compile, name="replicates")
+    else:
+        model = keras.Model(inputs, outputs, name="replicates")
     return compile_for_training(model, spec, steps_per_execution, list(outputs))
 
 

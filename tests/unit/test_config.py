@@ -134,6 +134,7 @@ def test_a_stage_stops_before_any_work_on_bad_params(stage, tmp_path):
         ({"hidden_noise": 3.0}, "hidden_noise", "less than or equal to 2"),
         ({"lr_schedule": "step"}, "lr_schedule", "Input should be 'constant', 'linear' or 'cosine'"),
         ({"decay_fraction": 0}, "decay_fraction", "greater than 0"),
+        ({"vat_epsilon": 30.0}, "vat_epsilon", "less than or equal to 28"),
         # Within every per-key bound, but five replicates of it would not fit this machine.
         ({"hidden_layers": [8192, 8192, 8192]}, "", "5 replicates of 140,746,762 parameters at batch 128 need about 10.7 GiB, more than the 8 GiB allowed"),
     ],
@@ -177,7 +178,7 @@ def test_an_unknown_key_says_what_was_meant_and_what_is_allowed():
     assert message.splitlines()[1] == (
         "  variants.mlp-256-64.drpout: unknown key; did you mean dropout? Allowed here: batch_norm, dropout, activation, "
         "initializer, init_stddev, output_initializer, optimizer, learning_rate, batch_size, epochs, jit_compile, input_dropout, "
-        "max_norm, input_noise, hidden_noise, lr_schedule, decay_fraction, hidden_layers"
+        "max_norm, input_noise, hidden_noise, lr_schedule, decay_fraction, vat_epsilon, hidden_layers"
     )
 
 

@@ -188,3 +188,85 @@ def test_gaussian_noise_has_its_stddev_in_training_and_is_absent_at_inference(de
     np.testing.assert_array_equal(network.predict_on_batch(images), reference.predict_on_batch(images))
     training = tf.function(lambda x: network(x, training=True), jit_compile=True)  # Threefry's draws run under XLA
     assert not np.array_equal(training(images), training(images))  # noise in training
+
+
+def linear_softmax(weights: np.ndarray, bias: np.ndarray) -> keras.Model:
+    """pixels -> softmax(pixels @ weights + bias), in float64: a network whose VAT direction is worked by hand."""
+    network = keras.Sequential([keras.Input(shape=(784,), dtype="float64"), keras.layers.Dense(10, activation="softmax", dtype="float64")])
+    network.layers[0].set_weights([weights, bias])
+    return network
+
+
+@pytest.mark.parametrize("under_xla", [False, True])
+def test_the_vat_perturbation_has_norm_epsilon_and_points_where_the_prediction_bends_most(under_xla):
+    """One power iteration from probe d: the gradient of KL(p || q(x + xi d)) is xi H d to first order,
+    H = W (diag(p) - p p^T) W^T the divergence's curvature in the pixels for logits x W + b (worked by
+    hand: the Hessian of KL in the logits is diag(p) - p p^T). So the perturbation is epsilon H d / |H d|."""
+    import tensorflow as tf
+
+    from pipeline.model import VAT_XI, adversarial_perturbation
+
+    rng = np.random.default_rng(7)
+    weights, bias = rng.normal(0, 0.1, (784, 10)), rng.normal(0, 0.1, 10)
+    pixels = rng.random((6, 784))
+    logits = pixels @ weights + bias
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    seed = tf.constant([3, 11], tf.int32)
+    network, algorithm = linear_softmax(weights, bias), "threefry" if under_xla else "auto_select"
+    perturb = tf.function(lambda x, q: adversarial_perturbation(network, x, q, 2.0, seed, under_xla), jit_compile=under_xla)
+    perturbation = perturb(tf.constant(pixels), tf.constant(p)).numpy()
+
+    np.testing.assert_allclose(np.linalg.norm(perturbation, axis=1), 2.0, rtol=1e-9)
+    # The same random probe the function starts from (same seed, same algorithm), then the hand-worked H d.
+    draw = tf.function(lambda: tf.random.stateless_normal((6, 784), seed, dtype=tf.float64, alg=algorithm), jit_compile=under_xla)
+    probe = draw().numpy()
+    for row in range(6):
+        curvature = weights @ (np.diag(p[row]) - np.outer(p[row], p[row])) @ weights.T
+        expected = curvature @ probe[row]
+        cosine = expected @ perturbation[row] / (np.linalg.norm(expected) * 2.0)
+        assert cosine > 1 - 1e-4, (row, cosine)
+    assert VAT_XI == 1e-6  # Miyato et al.'s probe size, at which the first-order step above holds
+
+
+def test_vat_adds_its_divergence_to_the_training_loss_only(default_params):
+    """A together model with vat_epsilon: its training loss is cross-entropy plus, per replicate, KL(p || p(x + r_adv)),
+    recomputed here from the networks' own predictions; validation's loss is cross-entropy alone."""
+    import tensorflow as tf
+
+    from pipeline.model import VirtualAdversarialReplicates, adversarial_perturbation, build_replicates
+
+    spec = default_params.variants["mlp-256-64"].model_copy(update={"vat_epsilon": 2.0, "jit_compile": False})
+    plain_spec = spec.model_copy(update={"vat_epsilon": 0.0})
+    assert not isinstance(build_replicates(plain_spec, [0, 1]), VirtualAdversarialReplicates)  # off: the model every variant always trained
+    model = build_replicates(spec, [0, 1])
+    rng = np.random.default_rng(0)
+    pixels = rng.random((32, 784)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, 32)]
+    x = {key: tf.constant(pixels) for key in ("seed_0", "seed_1")}
+    y = {key: tf.constant(labels) for key in x}
+    y_pred = model(x, training=True)  # no Dropout, noise or BatchNorm: training mode is deterministic here
+    states = {key: model.direction_seeds[key].state.numpy().copy() for key in x}  # the seeds the loss will draw
+
+    cross_entropy = float(model.compute_loss(x, y, y_pred, training=False))
+    with_vat = float(model.compute_loss(x, y, y_pred, training=True))
+    expected_ce = sum(keras.losses.categorical_crossentropy(labels, y_pred[key].numpy()).numpy().mean() for key in x)
+    assert cross_entropy == pytest.approx(expected_ce, rel=1e-5)
+    divergences = 0.0
+    for key in x:
+        network, p = model.get_layer(f"mlp_{key}"), y_pred[key].numpy()
+        seed = tf.cast(tf.math.floormod(states[key], tf.int32.max - 1), tf.int32)
+        q = network(pixels + adversarial_perturbation(network, x[key], tf.constant(p), 2.0, seed), training=True).numpy()
+        divergences += np.mean(np.sum(p * np.log(p / q), axis=1))  # KL by its definition
+    assert divergences > 0
+    assert with_vat == pytest.approx(expected_ce + divergences, rel=1e-4)
+
+
+def test_vat_is_refused_where_replicates_do_not_train_together(default_params):
+    from pipeline.config import Params
+
+    raw = default_params.model_dump()
+    raw["train"]["strategy"] = "multi_worker"
+    raw["variants"]["mlp-256-64"]["vat_epsilon"] = 2.0
+    with pytest.raises(ValueError, match="variants mlp-256-64: vat_epsilon is not available with train.strategy multi_worker"):
+        Params.model_validate(raw)

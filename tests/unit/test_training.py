@@ -106,6 +106,22 @@ def test_a_dropout_copy_trained_together_is_the_seed_trained_alone(splits, toget
     assert not np.allclose(ours[2][0].get_weights()[0], alone[1][0].get_weights()[0], **TOLERANCE)
 
 
+def test_a_vat_copy_trained_together_is_the_seed_trained_alone(splits, together):
+    """VAT's random probe directions are each seed's own stream, its term each copy's own loss: the
+    copy among three is the seed in a group of one. And the term does train: without it, other weights."""
+    params, train, validation = splits
+    spec = params.variants["mlp-256-64-bn"].model_copy(update={"vat_epsilon": 2.0})
+    vat_params = params.model_copy(update={"variants": {**params.variants, "vat": spec}})
+    ours = trained(vat_params, "vat", SEEDS, train, validation)
+    alone = trained(vat_params, "vat", [1], train, validation)
+
+    for weights, theirs in zip(ours[1][0].get_weights(), alone[1][0].get_weights(), strict=True):
+        np.testing.assert_allclose(weights, theirs, **TOLERANCE)
+    np.testing.assert_allclose(ours[1][1]["val_loss"], alone[1][1]["val_loss"], rtol=1e-5)
+    without_vat = together("mlp-256-64-bn")[1][0]
+    assert not np.allclose(ours[1][0].get_weights()[0], without_vat.get_weights()[0], **TOLERANCE)
+
+
 def test_the_same_seed_gives_the_same_masks_and_order_on_a_rerun(splits):
     params, train, validation = splits
     first = trained(params, "mlp-256-64-bn-dropout", [2], train, validation)[2][0].get_weights()
