@@ -31,7 +31,7 @@ from tests.servers import free_port
 # (the pruner's first trial), a fast one that beats it, and a slow one that the median rule stops.
 DESIGN = {"depth": 1, "log2_width_1": 6, "batch_norm": False, "dropout": 0.0, "input_dropout": 0.0,
           "max_norm": None, "batch_size": 128, "epochs": 2, "initializer": "he_normal",
-          "input_noise": 0.0, "hidden_noise": 0.0, "lr_schedule": "constant"}
+          "input_noise": 0.0, "hidden_noise": 0.0, "lr_schedule": "constant", "vat_epsilon": 0.0}
 TRIALS = [{**DESIGN, "learning_rate": 0.0001}, {**DESIGN, "learning_rate": 0.01, "max_norm": 3.0, "input_dropout": 0.1},
           {**DESIGN, "learning_rate": 0.0001, "log2_width_1": 5}]
 

@@ -84,6 +84,7 @@ def test_the_published_recipes_start_the_study_fitted_to_its_space(default_param
         "depth": 5, "log2_width_1": 10, "log2_width_2": 9, "log2_width_3": 8, "log2_width_4": 8, "log2_width_5": 8,
         "batch_norm": True, "dropout": 0.0, "input_dropout": 0.0, "max_norm": None, "learning_rate": 0.002, "batch_size": 100,
         "initializer": "glorot_uniform", "input_noise": 0.3, "hidden_noise": 0.3, "lr_schedule": "linear", "epochs": space.epochs[1],
+        "vat_epsilon": 0.0,
     }
     assert LINEAR_DECAY_FRACTION * 150 == 50  # the paper's last 50 of 150 epochs
     shallow = space.model_copy(update={"depth": [1, 3]})
@@ -103,6 +104,9 @@ def test_a_design_name_reads_as_its_design_within_63_characters(default_params):
     widest = spec.model_copy(update={"hidden_layers": [2048, 1024, 2048, 1024, 2048], "dropout": 0.5, "input_dropout": 0.3,
                                      "max_norm": 3.5, "lr_schedule": "cosine"})
     assert design_name(widest, 1234) == "mlp-2048-1024-2048-1024-2048-bn-drop50-in30-norm3p5-n30-t1234"  # hn30, cos cut
+    vat = spec.model_copy(update={"hidden_layers": [1024, 512, 256, 128], "input_noise": 0.0, "hidden_noise": 0.0,
+                                  "lr_schedule": "cosine", "vat_epsilon": 2.1})
+    assert design_name(vat, 3) == "mlp-1024-512-256-128-bn-cos-vat2p1-t3"
 
 
 @pytest.mark.parametrize("epoch, epochs, tenths", [(1, 2, 5), (2, 2, 10), (1, 3, 3), (2, 3, 6), (3, 3, 10), (14, 150, 0), (15, 150, 1), (150, 150, 10)])
