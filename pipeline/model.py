@@ -212,8 +212,8 @@ def build_replicates(spec: VariantSpec, seeds: list[int], steps_per_execution: i
 
     Keras sums the outputs' losses (and with vat_epsilon, each copy's VAT term), and each network's
     weights reach that sum through its own loss only: the optimizer updates every copy exactly as if
-    it trained alone. Each copy keeps its
-    seed's initial weights and Dropout masks (the data order is the caller's, per input).
+    it trained alone. Each copy keeps its seed's initial weights and Dropout masks (the data order
+    is the caller's, per input).
     """
     inputs, outputs = {}, {}
     for seed in seeds:
