@@ -50,6 +50,12 @@ def hidden_initializer(spec: VariantSpec, seed: int, layer: int) -> keras.initia
     return INITIALIZERS[spec.initializer](seed=seed)
 
 
+def next_stateless_seed(generator: keras.random.SeedGenerator) -> tf.Tensor:
+    """The generator's next seed for TensorFlow's stateless ops: Keras' seed state is int64, the
+    stateless ops want int32, folded as Keras folds it."""
+    return tf.cast(tf.math.floormod(generator.next(), tf.int32.max - 1), tf.int32)
+
+
 class ThreefryDropout(keras.layers.Dropout):
     """Keras' Dropout with its masks drawn by the Threefry algorithm, for training under XLA.
 
@@ -62,9 +68,7 @@ class ThreefryDropout(keras.layers.Dropout):
     def call(self, inputs, training=False):
         if not (training and self.rate > 0):
             return inputs
-        # Keras' seed state is int64; the stateless ops want int32, folded as Keras folds it.
-        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
-        keep = tf.random.stateless_uniform(tf.shape(inputs), seed, alg="threefry") >= self.rate
+        keep = tf.random.stateless_uniform(tf.shape(inputs), next_stateless_seed(self.seed_generator), alg="threefry") >= self.rate
         return tf.where(keep, inputs / (1 - self.rate), tf.zeros_like(inputs))
 
 
@@ -76,7 +80,7 @@ class ThreefryGaussianNoise(keras.layers.GaussianNoise):
     def call(self, inputs, training=False):
         if not (training and self.stddev > 0):
             return inputs
-        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+        seed = next_stateless_seed(self.seed_generator)
         return inputs + self.stddev * tf.random.stateless_normal(tf.shape(inputs), seed, dtype=inputs.dtype, alg="threefry")
 
 
@@ -200,8 +204,7 @@ class VirtualAdversarialReplicates(keras.Model):
             return loss
         for key, generator in self.direction_seeds.items():
             network, probabilities = self.get_layer(f"mlp_{key}"), tf.stop_gradient(y_pred[key])
-            seed = tf.cast(tf.math.floormod(generator.next(), tf.int32.max - 1), tf.int32)
-            perturbation = adversarial_perturbation(network, x[key], probabilities, self.epsilon, seed, self.under_xla)
+            perturbation = adversarial_perturbation(network, x[key], probabilities, self.epsilon, next_stateless_seed(generator), self.under_xla)
             loss += tf.reduce_mean(keras.losses.kl_divergence(probabilities, network(x[key] + perturbation, training=True)))
         return loss
 
