@@ -28,12 +28,17 @@ def test_the_ten_variants_have_the_notebooks_parameter_counts(default_params):
     assert {name: parameter_count(spec) for name, spec in ten.items()} == NOTEBOOK_PARAM_COUNTS
 
 
-def test_a_promoted_noise_design_counts_its_parameters_by_hand(default_params):
-    """1024-512-256-256-256 with BatchNorm: the Dense kernels and biases, and four numbers per
-    normalised unit (scale, offset, moving mean and variance); the noise layers hold none."""
-    spec = default_params.variants["mlp-1024-512-256x3-bn-n30-hn30-lin-t0"]
-    dense = 784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 256 + 256 + 2 * (256 * 256 + 256) + 256 * 10 + 10
-    assert build_model(spec, 0).count_params() == parameter_count(spec) == dense + 4 * (1024 + 512 + 256 * 3) == 1_603_338
+def test_the_promoted_design_counts_its_parameters_by_hand(default_params):
+    """1024-512-256-128 with BatchNorm: the Dense kernels and biases, and four numbers per
+    normalised unit (scale, offset, moving mean and variance); VAT adds a loss, no weights, and
+    noise layers hold none either."""
+    spec = default_params.variants["mlp-1024-512-256-128-bn-cos-vat2p1-t0"]
+    dense = 784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+    by_hand = dense + 4 * (1024 + 512 + 256 + 128)
+    assert by_hand == 1_501_834
+    assert build_model(spec, 0).count_params() == parameter_count(spec) == by_hand
+    noisy = spec.model_copy(update={"input_noise": 0.3, "hidden_noise": 0.3})
+    assert build_model(noisy, 0).count_params() == parameter_count(noisy) == by_hand
 
 
 def test_layers_go_dense_then_batch_norm_then_dropout(default_params):
