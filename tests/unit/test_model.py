@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import parameter_count
-from pipeline.model import build_model, dense_kernels
+from pipeline.model import build_model, build_replicates, dense_kernels
 from pipeline.plots import weight_violins
 
 # Total params as the notebooks' model.summary() printed them (Dropout adds none).
@@ -277,3 +277,26 @@ def test_vat_is_refused_where_replicates_do_not_train_together(default_params):
     raw["variants"]["mlp-256-64"]["vat_epsilon"] = 2.0
     with pytest.raises(ValueError, match="variants mlp-256-64: vat_epsilon is not available with train.strategy multi_worker"):
         Params.model_validate(raw)
+
+
+@pytest.mark.parametrize("under_xla", [False, True], ids=["tf-function", "xla"])
+def test_vat_leaves_batchnorm_moving_statistics_to_the_clean_images(default_params, under_xla):
+    """One VAT training step on one batch: every copy's first BatchNorm holds momentum * its start
+    (0 and 1) + (1 - momentum) * the clean batch's mean and variance of relu(pixels @ W + b), worked in
+    numpy from the initial weights, as one plain training step would leave it. The perturbed passes,
+    had they counted, would have moved it twice more."""
+    spec = default_params.variants["mlp-256-64-bn"].model_copy(update={"vat_epsilon": 2.0, "jit_compile": under_xla})
+    seeds = [0, 1]
+    model = build_replicates(spec, seeds)
+    rng = np.random.default_rng(1)
+    pixels = rng.random((64, 784)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, 64)]
+    initial = {seed: model.get_layer(f"mlp_seed_{seed}").get_layer("hidden_1").get_weights() for seed in seeds}
+    model.fit({f"seed_{seed}": pixels for seed in seeds}, {f"seed_{seed}": labels for seed in seeds}, batch_size=64, epochs=1, verbose=0)
+    for seed in seeds:
+        kernel, bias = (w.astype("float64") for w in initial[seed])
+        hidden = np.maximum(pixels.astype("float64") @ kernel + bias, 0)
+        norm = model.get_layer(f"mlp_seed_{seed}").get_layer("batch_norm_1")
+        momentum = norm.momentum
+        np.testing.assert_allclose(norm.moving_mean.numpy(), (1 - momentum) * hidden.mean(axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(norm.moving_variance.numpy(), momentum + (1 - momentum) * hidden.var(axis=0), rtol=1e-4, atol=1e-6)
