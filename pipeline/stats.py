@@ -1,5 +1,6 @@
-"""The statistics of the comparison, from scipy: intervals over seeds, the probability that one
-variant beats another, paired tests with Holm's correction, and an exact McNemar test.
+"""The statistics of the comparison, from scipy and statsmodels: intervals over seeds, the
+probability that one variant beats another, paired tests with Holm's correction, and an exact
+McNemar test.
 
 Everything here takes one value per replicate (seed); with a single replicate there is no
 spread to estimate, and every function answers NaN rather than a number it cannot know.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -42,19 +44,13 @@ def paired_p_value(a, b) -> float:
 
 
 def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (NaNs left out and kept as NaN).
-
-    scipy offers Benjamini-Hochberg and -Yekutieli (false_discovery_control), not Holm.
-    """
+    """Holm's step-down adjustment of a family of p-values (NaNs left out and kept as NaN), by
+    statsmodels (scipy offers Benjamini-Hochberg and -Yekutieli, not Holm)."""
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full_like(p, np.nan)
-    known = np.flatnonzero(~np.isnan(p))
-    order = known[np.argsort(p[known], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, (m - rank) * p[index])
-        adjusted[index] = min(1.0, running)
+    known = ~np.isnan(p)
+    if known.any():
+        adjusted[known] = multipletests(p[known], method="holm")[1]
     return adjusted
 
 
